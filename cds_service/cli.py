@@ -1,0 +1,132 @@
+"""The ``cds-service`` command: evaluate a patient file, check mappings, (later) serve.
+
+Exit codes: 0 success; 1 check-mappings found failing vectors; 2 bad input (one line on stderr
+naming the file and the problem, never a stack trace).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
+
+import orjson
+
+from cds_service.engine.evaluate import evaluate
+from cds_service.engine.loader import load_catalog
+from cds_service.engine.report import EligibilityReport
+from cds_service.engine.time import parse_as_of
+from cds_service.engine.vectors import load_vectors, run_case
+from cds_service.errors import CdsServiceError, InvalidInput
+from cds_service.record import from_bytes, validate_resource
+
+_MARKS = {"met": "✔ met", "not-met": "✘ not-met", "unknown": "? unknown"}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except CdsServiceError as exc:
+        print(f"cds-service: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cds-service", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    run = commands.add_parser("evaluate", help="evaluate one patient's FHIR Bundle against the trials")
+    run.add_argument("bundle", type=Path, metavar="BUNDLE.json")
+    run.add_argument("--as-of", help="evaluation date YYYY-MM-DD (default: today)")
+    run.add_argument("--trial", action="append", help="only this trial (repeatable)")
+    run.add_argument("--json", action="store_true", help="print the eligibility report as JSON")
+    run.add_argument("--mappings", type=Path, help="mappings directory (default: packaged)")
+    run.add_argument(
+        "--fast",
+        action="store_true",
+        help="validate only the resources the criteria read, not every resource",
+    )
+    run.set_defaults(handler=_evaluate)
+
+    check = commands.add_parser("check-mappings", help="validate mappings and run their test vectors")
+    check.add_argument("directory", type=Path, nargs="?", metavar="DIR")
+    check.set_defaults(handler=_check_mappings)
+
+    serve = commands.add_parser("serve", help="run the CDS Hooks service")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(handler=_serve)
+    return parser
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    try:
+        as_of = parse_as_of(args.as_of) if args.as_of else date.today()
+    except ValueError as exc:
+        raise InvalidInput(f"--as-of: {exc}") from None
+    catalog = load_catalog(args.mappings)
+    path: Path = args.bundle
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"{path}: cannot be read: {exc.strerror}") from None
+    try:
+        record = from_bytes(data)
+        if not args.fast:
+            for resource in record.all_resources():
+                validate_resource(resource)
+        report = evaluate(catalog, record, as_of=as_of, trial_ids=args.trial)
+    except CdsServiceError as exc:
+        raise type(exc)(f"{path}: {exc}") from None
+    if args.json:
+        sys.stdout.buffer.write(orjson.dumps(report.to_json_dict(), option=orjson.OPT_INDENT_2) + b"\n")
+    else:
+        print(render_table(report))
+    return 0
+
+
+def render_table(report: EligibilityReport) -> str:
+    lines = [f"{report.patient} as of {report.as_of}"]
+    for trial in report.trials:
+        lines += ["", f"{trial.trial}  {trial.status.upper()}  {trial.title}"]
+        width = max(len(c.id) for c in trial.criteria)
+        for criterion in trial.criteria:
+            kind = "IN " if criterion.kind == "inclusion" else "EX "
+            mark = _MARKS[criterion.result]
+            lines.append(f"  {kind}{criterion.id:<{width}}  {mark:<10}  {criterion.reason}")
+            for item in criterion.evidence[:3]:
+                bits = [b for b in (item.value, item.date) if b]
+                lines.append(f"  {'':<{width + 3}}  {'':<10}    ↳ {item.reference}  {' · '.join(bits)}")
+    return "\n".join(lines)
+
+
+def _check_mappings(args: argparse.Namespace) -> int:
+    catalog = load_catalog(args.directory)
+    cases = load_vectors(catalog.root)
+    failed = 0
+    for loaded in cases:
+        problems = run_case(catalog, loaded)
+        if problems:
+            failed += 1
+            print(f"FAIL {loaded.label}")
+            for problem in problems:
+                print(f"     {problem}")
+    sets = len(catalog.valuesets)
+    print(
+        f"{len(catalog.trials)} trial(s), {sets} value set(s) valid; "
+        f"{len(cases) - failed} passed, {failed} failed"
+    )
+    return 1 if failed else 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    raise InvalidInput("serve is not available yet")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Well-formedness of codes in mapping files, so that a typo fails at load, not at the bedside.
+
+SNOMED CT identifiers carry a Verhoeff check digit and a partition id; LOINC codes a mod-10 check
+digit. ICD-10-CM entries may also be a prefix (``C44*``) or a category range (``C00-C96``).
+"""
+
+from __future__ import annotations
+
+import re
+
+from cds_service.codes import CVX, ICD10CM, LOINC, RXNORM, SNOMED
+
+_VERHOEFF_D = (
+    (0, 1, 2, 3, 4, 5, 6, 7, 8, 9),
+    (1, 2, 3, 4, 0, 6, 7, 8, 9, 5),
+    (2, 3, 4, 0, 1, 7, 8, 9, 5, 6),
+    (3, 4, 0, 1, 2, 8, 9, 5, 6, 7),
+    (4, 0, 1, 2, 3, 9, 5, 6, 7, 8),
+    (5, 9, 8, 7, 6, 0, 4, 3, 2, 1),
+    (6, 5, 9, 8, 7, 1, 0, 4, 3, 2),
+    (7, 6, 5, 9, 8, 2, 1, 0, 4, 3),
+    (8, 7, 6, 5, 9, 3, 2, 1, 0, 4),
+    (9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+)
+_VERHOEFF_P = (
+    (0, 1, 2, 3, 4, 5, 6, 7, 8, 9),
+    (1, 5, 7, 6, 2, 8, 3, 0, 9, 4),
+    (5, 8, 0, 3, 7, 9, 6, 1, 4, 2),
+    (8, 9, 1, 6, 0, 4, 3, 5, 2, 7),
+    (9, 4, 5, 3, 1, 2, 6, 8, 7, 0),
+    (4, 2, 8, 6, 5, 7, 3, 9, 0, 1),
+    (2, 7, 9, 3, 8, 0, 6, 4, 1, 5),
+    (7, 0, 4, 6, 9, 1, 3, 2, 5, 8),
+)
+
+ICD10CM_CODE = re.compile(r"^[A-TV-Z][0-9][0-9A-Z](\.[0-9A-Z]{1,4})?$")
+_ICD10CM_PREFIX = re.compile(r"^[A-TV-Z][0-9]{0,1}[0-9A-Z]{0,1}(\.[0-9A-Z]{0,3})?\*$")
+_ICD10CM_RANGE = re.compile(r"^([A-TV-Z][0-9][0-9A-Z])-([A-TV-Z][0-9][0-9A-Z])$")
+
+
+def verhoeff_ok(digits: str) -> bool:
+    check = 0
+    for position, char in enumerate(reversed(digits)):
+        check = _VERHOEFF_D[check][_VERHOEFF_P[position % 8][int(char)]]
+    return check == 0
+
+
+def loinc_ok(code: str) -> bool:
+    match = re.fullmatch(r"(\d{1,7})-(\d)", code)
+    if match is None:
+        return False
+    body, check = match.group(1), int(match.group(2))
+    odd = "".join(body[i] for i in range(len(body) - 1, -1, -2))[::-1]
+    even = [int(body[i]) for i in range(len(body) - 2, -1, -2)]
+    total = sum(int(d) for d in str(int(odd) * 2)) + sum(even)
+    return (10 - total % 10) % 10 == check
+
+
+def icd10cm_range(code: str) -> tuple[str, str] | None:
+    match = _ICD10CM_RANGE.match(code)
+    return (match.group(1), match.group(2)) if match else None
+
+
+def check_code(*, system: str, code: str) -> None:
+    """Raise ValueError naming the problem when ``code`` is not a well-formed code of ``system``."""
+    if system == SNOMED:
+        if not re.fullmatch(r"\d{6,18}", code) or not verhoeff_ok(code):
+            raise ValueError(f"SNOMED CT id {code!r} fails its Verhoeff check digit")
+        if code[-3:-1] not in ("00", "10"):
+            raise ValueError(f"SNOMED CT id {code!r} is not a concept id (partition {code[-3:-1]})")
+    elif system == LOINC:
+        if not loinc_ok(code):
+            raise ValueError(f"LOINC code {code!r} is malformed or fails its check digit")
+    elif system == ICD10CM:
+        if ICD10CM_CODE.match(code) or _ICD10CM_PREFIX.match(code):
+            return
+        bounds = icd10cm_range(code)
+        if bounds is None or bounds[0] > bounds[1]:
+            raise ValueError(f"ICD-10-CM code {code!r} is not a code, 'X12*' prefix or 'A00-B99' range")
+    elif system == RXNORM and not re.fullmatch(r"[1-9]\d{0,8}", code):
+        raise ValueError(f"RxNorm RXCUI {code!r} is not a number")
+    elif system == CVX and not re.fullmatch(r"\d{1,3}", code):
+        raise ValueError(f"CVX code {code!r} is not 1-3 digits")

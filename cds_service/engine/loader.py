@@ -1,0 +1,159 @@
+"""Load and validate a mappings directory: every problem names the file, criterion and field.
+
+Layout::
+
+    mappings/valuesets/*.yaml   one value set per file (id, title, sources, codes, include)
+    mappings/trials/*.yaml      one trial per file (trial, title, short_title, url, criteria)
+    mappings/tests/<trial>/*    test vectors (see cds_service.engine.vectors)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from cds_service.engine.model import Trial, ValueSet
+from cds_service.engine.valuesets import CompiledValueSet, compile_valuesets
+from cds_service.errors import MappingError
+
+DEFAULT_MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Every trial and value set, validated and compiled: what the engine evaluates against."""
+
+    root: Path
+    trials: Mapping[str, Trial]
+    valuesets: Mapping[str, CompiledValueSet]
+
+    def trial(self, trial_id: str) -> Trial:
+        try:
+            return self.trials[trial_id]
+        except KeyError:
+            known = ", ".join(sorted(self.trials)) or "none"
+            raise MappingError(f"no trial {trial_id!r} in {self.root} (known: {known})") from None
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML that refuses duplicate keys instead of silently keeping the last one."""
+
+
+def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return dict(loader.construct_mapping(node))
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def read_data(path: Path) -> Any:
+    """A YAML or JSON file's data; MappingError naming the file if it does not parse."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        return yaml.load(text, Loader=_StrictLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise MappingError(f"{path}: cannot be read as YAML/JSON: {exc}") from None
+
+
+def _describe_location(data: Any, loc: tuple[int | str, ...]) -> str:
+    """'criteria[3] (adult) › rule › lab › window' from a pydantic error location."""
+    parts: list[str] = []
+    node = data
+    for step in loc:
+        if isinstance(step, int):
+            label = f"[{step}]"
+            node = node[step] if isinstance(node, list) and step < len(node) else None
+            if isinstance(node, dict) and isinstance(node.get("id"), str):
+                label += f" ({node['id']})"
+            if parts:
+                parts[-1] += label
+            else:
+                parts.append(label)
+            continue
+        parts.append(str(step))
+        node = node.get(step) if isinstance(node, dict) else None
+    return " › ".join(parts) or "(top level)"
+
+
+def _validate(model: type[BaseModel], data: Any, path: Path) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors()[:5]:
+            where = _describe_location(data, tuple(error["loc"]))
+            lines.append(f"{path}: {where}: {error['msg']}")
+        more = exc.error_count() - len(lines)
+        if more > 0:
+            lines.append(f"{path}: ... and {more} more problems")
+        raise MappingError("\n".join(lines)) from None
+
+
+def _load_valuesets(root: Path) -> tuple[dict[str, ValueSet], dict[str, Path]]:
+    sets: dict[str, ValueSet] = {}
+    files: dict[str, Path] = {}
+    for path in sorted((root / "valuesets").glob("*.y*ml")):
+        valueset: ValueSet = _validate(ValueSet, read_data(path), path)
+        if valueset.id in sets:
+            raise MappingError(f"{path}: value set id {valueset.id!r} is also in {files[valueset.id]}")
+        sets[valueset.id] = valueset
+        files[valueset.id] = path
+    for vs_id, valueset in sets.items():
+        for child in valueset.include:
+            if child not in sets:
+                raise MappingError(f"{files[vs_id]}: include: unknown value set {child!r}")
+    _refuse_include_cycles(sets, files)
+    return sets, files
+
+
+def _refuse_include_cycles(sets: Mapping[str, ValueSet], files: Mapping[str, Path]) -> None:
+    def visit(vs_id: str, trail: tuple[str, ...]) -> None:
+        if vs_id in trail:
+            cycle = " → ".join((*trail, vs_id))
+            raise MappingError(f"{files[trail[0]]}: include cycle {cycle}")
+        for child in sets[vs_id].include:
+            visit(child, (*trail, vs_id))
+
+    for vs_id in sets:
+        visit(vs_id, ())
+
+
+def _load_trials(root: Path, valuesets: Mapping[str, ValueSet]) -> dict[str, Trial]:
+    trials: dict[str, Trial] = {}
+    paths: dict[str, Path] = {}
+    for path in sorted((root / "trials").glob("*.y*ml")):
+        trial: Trial = _validate(Trial, read_data(path), path)
+        if trial.trial in trials:
+            raise MappingError(f"{path}: trial {trial.trial!r} is also defined in {paths[trial.trial]}")
+        for criterion in trial.criteria:
+            if criterion.rule is None:
+                continue
+            for name in sorted(criterion.rule.valuesets()):
+                if name not in valuesets:
+                    raise MappingError(f"{path}: criterion {criterion.id!r}: unknown value set {name!r}")
+        trials[trial.trial] = trial
+        paths[trial.trial] = path
+    return trials
+
+
+def load_catalog(root: Path | None = None) -> Catalog:
+    """Load every mapping under ``root`` (default: the packaged mappings/), or raise MappingError."""
+    root = (root or DEFAULT_MAPPINGS).resolve()
+    if not (root / "trials").is_dir():
+        raise MappingError(f"{root}: not a mappings directory (no trials/ folder)")
+    sets, _ = _load_valuesets(root)
+    trials = _load_trials(root, sets)
+    if not trials:
+        raise MappingError(f"{root / 'trials'}: no trial files (*.yaml)")
+    return Catalog(root=root, trials=trials, valuesets=compile_valuesets(sets))

@@ -1,0 +1,214 @@
+"""PatientRecord: one patient's FHIR resources, indexed for the engine.
+
+Built from any Bundle (searchset, collection, transaction, with ``urn:uuid:`` or relative
+references), several Bundles (one per prefetch key), or loose resources. The body is parsed once
+with orjson and kept as plain dicts; a resource is validated as FHIR R4 (fhir.resources R4B) only
+when the engine actually reads it, because validating a whole heavy record costs ~30x the parse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from cds_service.errors import InvalidInput, InvalidResource
+
+Resource = dict[str, Any]
+
+# Where each resource type keeps the code the engine matches value sets against.
+CODE_FIELDS: Mapping[str, tuple[str, ...]] = {
+    "Condition": ("code",),
+    "Observation": ("code",),
+    "Procedure": ("code",),
+    "Immunization": ("vaccineCode",),
+    "MedicationRequest": ("medicationCodeableConcept",),
+    "MedicationStatement": ("medicationCodeableConcept",),
+    "AllergyIntolerance": ("code",),
+    "ServiceRequest": ("code",),
+    "Medication": ("code",),
+}
+_SUBJECT_FIELDS = ("subject", "patient")
+
+
+def codings(concept: object) -> list[Mapping[str, Any]]:
+    """The codings of a CodeableConcept, tolerating whatever an EHR sent."""
+    if not isinstance(concept, dict):
+        return []
+    found = concept.get("coding")
+    return [c for c in found if isinstance(c, dict)] if isinstance(found, list) else []
+
+
+def reference_of(resource: Mapping[str, Any]) -> str:
+    return f"{resource.get('resourceType')}/{resource.get('id', '?')}"
+
+
+@dataclass
+class PatientRecord:
+    """The patient and their resources; ``by_type`` and ``by_code`` are the engine's indexes."""
+
+    patient: Resource
+    by_type: dict[str, list[Resource]] = field(default_factory=dict)
+    by_code: dict[tuple[str, str], list[Resource]] = field(default_factory=dict)
+    by_url: dict[str, Resource] = field(default_factory=dict)
+    _validated: set[int] = field(default_factory=set, repr=False)
+
+    @property
+    def reference(self) -> str:
+        return reference_of(self.patient)
+
+    def resources(self, resource_type: str) -> list[Resource]:
+        return self.by_type.get(resource_type, [])
+
+    def with_code(self, system: str, code: str) -> list[Resource]:
+        return self.by_code.get((system, code), [])
+
+    def resolve(self, reference: object, *, within: Resource | None = None) -> Resource | None:
+        """The resource a Reference points to: ``#contained``, ``Type/id``, ``urn:uuid:`` or URL."""
+        ref = reference.get("reference") if isinstance(reference, dict) else None
+        if not isinstance(ref, str):
+            return None
+        if ref.startswith("#") and within is not None:
+            for contained in within.get("contained") or ():
+                if isinstance(contained, dict) and contained.get("id") == ref[1:]:
+                    return contained
+            return None
+        if ref in self.by_url:
+            return self.by_url[ref]
+        tail = "/".join(ref.rstrip("/").split("/")[-2:])
+        return self.by_url.get(tail)
+
+    def validate(self, resource: Resource) -> None:
+        """Check, once, that a resource the engine is about to trust is valid FHIR R4."""
+        key = id(resource)
+        if key in self._validated:
+            return
+        validate_resource(resource)
+        self._validated.add(key)
+
+    def all_resources(self) -> Iterator[Resource]:
+        for group in self.by_type.values():
+            yield from group
+
+
+def validate_resource(resource: Resource) -> None:
+    """Raise InvalidResource naming the resource and the first bad field (never its value)."""
+    from fhir.resources.R4B import get_fhir_model_class
+
+    try:
+        model = get_fhir_model_class(resource["resourceType"])
+        model.model_validate(resource)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(resource)"
+        raise InvalidResource(
+            f"{reference_of(resource)} is not valid FHIR R4: {where}: {first['msg']}"
+        ) from None
+    except KeyError:
+        raise InvalidResource(f"{reference_of(resource)}: unknown resourceType for FHIR R4") from None
+
+
+def parse_json(data: bytes) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"not JSON: {exc.msg} at byte {exc.pos}") from None
+
+
+def from_bytes(data: bytes) -> PatientRecord:
+    """A record from the raw bytes of a Bundle, a resource, or a JSON list of resources."""
+    return build_record([parse_json(data)])
+
+
+def build_record(parts: Iterable[Any]) -> PatientRecord:
+    """A record from Bundles and/or resources, e.g. the values of a hook's prefetch."""
+    entries: list[tuple[str | None, Resource]] = []
+    for part in parts:
+        entries.extend(_entries(part))
+    return _index(entries)
+
+
+def _entries(part: Any) -> Iterator[tuple[str | None, Resource]]:
+    if isinstance(part, list):
+        for item in part:
+            yield from _entries(item)
+        return
+    if not isinstance(part, dict) or not isinstance(part.get("resourceType"), str):
+        raise InvalidInput("not a FHIR resource or Bundle (no resourceType)")
+    if part["resourceType"] != "Bundle":
+        yield None, part
+        return
+    for position, entry in enumerate(part.get("entry") or ()):
+        if not isinstance(entry, dict):
+            raise InvalidInput(f"Bundle entry {position} is not an object")
+        resource = entry.get("resource")
+        if resource is None:
+            continue  # a transaction-response or delete entry carries no data
+        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+            raise InvalidInput(f"Bundle entry {position}: resource has no resourceType")
+        search = entry.get("search")
+        if isinstance(search, dict) and search.get("mode") == "outcome":
+            continue  # an OperationOutcome about the search, not patient data
+        if resource["resourceType"] == "Bundle":
+            yield from _entries(resource)
+            continue
+        full_url = entry.get("fullUrl")
+        yield (full_url if isinstance(full_url, str) else None), resource
+
+
+def _index(entries: list[tuple[str | None, Resource]]) -> PatientRecord:
+    patients: dict[str, Resource] = {}
+    seen: set[str] = set()
+    by_type: dict[str, list[Resource]] = {}
+    by_code: dict[tuple[str, str], list[Resource]] = {}
+    by_url: dict[str, Resource] = {}
+    for full_url, resource in entries:
+        resource_type = resource["resourceType"]
+        rid = resource.get("id")
+        key = f"{resource_type}/{rid}" if isinstance(rid, str) else None
+        if key is not None:
+            if key in seen:
+                continue  # the same resource twice (overlapping pages, two prefetch keys)
+            seen.add(key)
+            by_url[key] = resource
+        if full_url:
+            by_url[full_url] = resource
+        if resource_type == "Patient":
+            patients[key or full_url or str(len(patients))] = resource
+        by_type.setdefault(resource_type, []).append(resource)
+        for field_name in CODE_FIELDS.get(resource_type, ()):
+            for coding in codings(resource.get(field_name)):
+                system, code = coding.get("system"), coding.get("code")
+                if isinstance(system, str) and isinstance(code, str):
+                    by_code.setdefault((system, code), []).append(resource)
+    if not patients:
+        raise InvalidInput("no Patient resource")
+    if len(patients) > 1:
+        raise InvalidInput(f"{len(patients)} Patient resources; one patient per record")
+    patient = next(iter(patients.values()))
+    record = PatientRecord(patient=patient, by_type=by_type, by_code=by_code, by_url=by_url)
+    record.validate(patient)
+    _refuse_other_patients(record)
+    return record
+
+
+def _refuse_other_patients(record: PatientRecord) -> None:
+    """Data about someone else must never decide this patient's eligibility."""
+    for resource_type, group in record.by_type.items():
+        if resource_type == "Patient":
+            continue
+        for resource in group:
+            for name in _SUBJECT_FIELDS:
+                ref = resource.get(name)
+                if not isinstance(ref, dict) or "reference" not in ref:
+                    continue
+                target = ref["reference"]
+                if not isinstance(target, str) or ("Patient" not in target and "urn:" not in target):
+                    continue
+                if record.resolve(ref) is not record.patient:
+                    raise InvalidInput(
+                        f"{reference_of(resource)}.{name} refers to a patient other than {record.reference}"
+                    )

@@ -1,0 +1,38 @@
+"""Shared fixtures. ``../shared`` (heavy data) is optional: tests that need it skip, saying why."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+from cds_service.engine.loader import Catalog, load_catalog
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "tests" / "data"
+ALL_CONSTRUCTS = DATA / "all-constructs"
+SHARED = REPO.parent / "shared"
+SHARED_SYNTHEA = SHARED / "data" / "synthea"
+
+
+@cache
+def packaged_catalog() -> Catalog:
+    return load_catalog()
+
+
+@cache
+def all_constructs_catalog() -> Catalog:
+    return load_catalog(ALL_CONSTRUCTS)
+
+
+@pytest.fixture
+def catalog() -> Catalog:
+    return packaged_catalog()
+
+
+def needs_shared() -> pytest.MarkDecorator:
+    return pytest.mark.skipif(
+        not SHARED_SYNTHEA.is_dir(),
+        reason=f"{SHARED_SYNTHEA} is absent (a newcomer's clone has no ../shared); extended data test",
+    )

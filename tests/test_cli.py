@@ -1,0 +1,122 @@
+"""The command line: readable table, exact JSON report, and one clear line for bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cds_service.cli import main
+from tests.conftest import ALL_CONSTRUCTS, DATA
+
+LIZ = next((DATA / "synthea").glob("Liz_Conn_*.json"))
+
+
+def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_json_report_has_exactly_the_contract_fields(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(
+        capsys, "evaluate", str(LIZ), "--as-of", "2026-06-01", "--json", "--mappings", str(ALL_CONSTRUCTS)
+    )
+    assert code == 0
+    report = json.loads(out)
+    assert set(report) == {"patient", "as_of", "trials"}
+    assert report["as_of"] == "2026-06-01" and report["patient"].startswith("Patient/")
+    trial = report["trials"][0]
+    assert set(trial) == {"trial", "title", "status", "criteria"}
+    for criterion in trial["criteria"]:
+        assert set(criterion) == {"id", "kind", "result", "manual", "reason", "evidence"}
+        for item in criterion["evidence"]:
+            assert set(item) <= {"reference", "value", "date"} and None not in item.values()
+
+
+def test_table_names_trial_status_and_every_criterion(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(
+        capsys, "evaluate", str(LIZ), "--as-of", "2026-06-01", "--mappings", str(ALL_CONSTRUCTS)
+    )
+    assert code == 0
+    assert "TEST-ALL  NOT-ELIGIBLE" in out
+    assert "diabetes" in out and "no current diabetes mellitus recorded" in out
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"{not json", "not JSON"),
+        (b'{"resourceType": "Patient"', "not JSON"),
+        (b'{"hello": 1}', "no resourceType"),
+        (b'{"resourceType": "Bundle", "type": "collection", "entry": []}', "no Patient resource"),
+        (
+            b'{"resourceType": "Bundle", "type": "collection", "entry": ['
+            b'{"resource": {"resourceType": "Patient", "id": "a"}},'
+            b'{"resource": {"resourceType": "Patient", "id": "b"}}]}',
+            "2 Patient resources",
+        ),
+        (
+            b'{"resourceType": "Bundle", "type": "collection", "entry": ['
+            b'{"resource": {"resourceType": "Patient", "id": "a"}},'
+            b'{"resource": {"resourceType": "Observation", "id": "o1", "status": "final",'
+            b' "code": {"text": "x"}, "valueQuantity": {"value": "abc"}}}]}',
+            "Observation/o1 is not valid FHIR R4: valueQuantity.value",
+        ),
+        (
+            b'{"resourceType": "Bundle", "type": "collection", "entry": ['
+            b'{"resource": {"resourceType": "Patient", "id": "a"}},'
+            b'{"resource": {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/zz"},'
+            b' "code": {"text": "x"}}}]}',
+            "refers to a patient other than Patient/a",
+        ),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_naming_file_and_problem(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, problem: str
+) -> None:
+    path = tmp_path / "patient.json"
+    path.write_bytes(content)
+    code, out, err = _run(capsys, "evaluate", str(path), "--mappings", str(ALL_CONSTRUCTS))
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1
+    assert str(path) in err and problem in err
+
+
+def test_missing_file_and_bad_date(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(capsys, "evaluate", str(tmp_path / "nope.json"))
+    assert code == 2 and "nope.json: cannot be read" in err
+    code, _, err = _run(capsys, "evaluate", str(LIZ), "--as-of", "01/06/2026")
+    assert code == 2 and "--as-of" in err
+
+
+def test_unknown_trial(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(
+        capsys, "evaluate", str(LIZ), "--trial", "NCT00000000", "--mappings", str(ALL_CONSTRUCTS)
+    )
+    assert code == 2 and "no trial 'NCT00000000'" in err
+
+
+def test_check_mappings_passes_on_the_test_only_trial(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "check-mappings", str(ALL_CONSTRUCTS))
+    assert code == 0 and "0 failed" in out
+
+
+def test_check_mappings_reports_a_failing_vector(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    root = tmp_path / "m"
+    shutil.copytree(ALL_CONSTRUCTS, root)
+    vector = root / "tests" / "TEST-ALL" / "core.yaml"
+    vector.write_text(vector.read_text().replace("status: likely-eligible", "status: needs-review"))
+    code, out, _ = _run(capsys, "check-mappings", str(root))
+    assert code == 1
+    assert "FAIL TEST-ALL/core" in out and "expected needs-review, got likely-eligible" in out
+
+
+def test_check_mappings_on_a_broken_directory_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = _run(capsys, "check-mappings", str(tmp_path))
+    assert code == 2 and "not a mappings directory" in err
