@@ -54,6 +54,7 @@ class PatientRecord:
     by_type: dict[str, list[Resource]] = field(default_factory=dict)
     by_code: dict[tuple[str, str], list[Resource]] = field(default_factory=dict)
     by_url: dict[str, Resource] = field(default_factory=dict)
+    by_value_code: dict[tuple[str, str], list[Resource]] = field(default_factory=dict)
     _validated: set[int] = field(default_factory=set, repr=False)
 
     @property
@@ -65,6 +66,10 @@ class PatientRecord:
 
     def with_code(self, system: str, code: str) -> list[Resource]:
         return self.by_code.get((system, code), [])
+
+    def with_value_code(self, system: str, code: str) -> list[Resource]:
+        """Observations whose coded value (valueCodeableConcept) is this code."""
+        return self.by_value_code.get((system, code), [])
 
     def resolve(self, reference: object, *, within: Resource | None = None) -> Resource | None:
         """The resource a Reference points to: ``#contained``, ``Type/id``, ``urn:uuid:`` or URL."""
@@ -165,6 +170,7 @@ def _index(entries: list[tuple[str | None, Resource]]) -> PatientRecord:
     by_type: dict[str, list[Resource]] = {}
     by_code: dict[tuple[str, str], list[Resource]] = {}
     by_url: dict[str, Resource] = {}
+    by_value_code: dict[tuple[str, str], list[Resource]] = {}
     for full_url, resource in entries:
         resource_type = resource["resourceType"]
         rid = resource.get("id")
@@ -184,12 +190,19 @@ def _index(entries: list[tuple[str | None, Resource]]) -> PatientRecord:
                 system, code = coding.get("system"), coding.get("code")
                 if isinstance(system, str) and isinstance(code, str):
                     by_code.setdefault((system, code), []).append(resource)
+        if resource_type == "Observation" and "valueCodeableConcept" in resource:
+            for coding in codings(resource["valueCodeableConcept"]):
+                system, code = coding.get("system"), coding.get("code")
+                if isinstance(system, str) and isinstance(code, str):
+                    by_value_code.setdefault((system, code), []).append(resource)
     if not patients:
         raise InvalidInput("no Patient resource")
     if len(patients) > 1:
         raise InvalidInput(f"{len(patients)} Patient resources; one patient per record")
     patient = next(iter(patients.values()))
-    record = PatientRecord(patient=patient, by_type=by_type, by_code=by_code, by_url=by_url)
+    record = PatientRecord(
+        patient=patient, by_type=by_type, by_code=by_code, by_url=by_url, by_value_code=by_value_code
+    )
     record.validate(patient)
     _refuse_other_patients(record)
     return record

@@ -17,6 +17,7 @@ from cds_service.engine.facts import (
     period_end,
     period_start,
     status_counts,
+    valued_observations,
 )
 from cds_service.engine.model import ConditionRule
 from cds_service.engine.time import DayRange, Placement, day_range, place
@@ -50,7 +51,11 @@ def evaluate_condition(rule: ConditionRule, ctx: Context) -> Finding:
     scope = _scope_text(rule, valueset.title)
     found: list[tuple[Resource, str, DayRange | None]] = []
     unsure: list[tuple[Resource, str, DayRange | None]] = []
-    for resource in candidates(ctx.record, valueset, rule.resources):
+    pool = list(candidates(ctx.record, valueset, rule.resources))
+    if "Observation" in rule.resources:
+        known = {id(r) for r in pool}
+        pool += [r for r in valued_observations(ctx.record, valueset) if id(r) not in known]
+    for resource in pool:
         if not status_counts(resource):
             continue
         if excluded and _coded_in(resource, excluded):

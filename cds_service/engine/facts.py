@@ -134,6 +134,25 @@ def candidates(
                 yield resource
 
 
+def valued_observations(record: PatientRecord, valueset: CompiledValueSet) -> Iterator[Resource]:
+    """Observations whose coded value (not their code) is in the value set: findings such as NYHA."""
+    seen: set[int] = set()
+    if valueset.exact_only:
+        pool: Iterable[Resource] = (
+            r for system, code in sorted(valueset.exact) for r in record.with_value_code(system, code)
+        )
+    else:
+        pool = (
+            r
+            for r in record.resources("Observation")
+            if valueset.matching_coding(codings(r.get("valueCodeableConcept")))
+        )
+    for resource in pool:
+        if id(resource) not in seen:
+            seen.add(id(resource))
+            yield resource
+
+
 def not_after(day: DayRange | None, as_of: date) -> bool:
     """Data dated after the evaluation date did not exist yet on that date."""
     return day is None or day.first <= as_of

@@ -1,0 +1,1 @@
+"""CDS Hooks endpoints: authentication of the calling EHR, request handling."""
