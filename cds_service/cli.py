@@ -125,7 +125,30 @@ def _check_mappings(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    raise InvalidInput("serve is not available yet")
+    import logging
+
+    import uvicorn
+
+    from cds_service.app import create_app
+    from cds_service.settings import get_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    if settings.allow_unsigned:
+        print(_UNSIGNED_BANNER, file=sys.stderr, flush=True)
+    app = create_app(settings)
+    # uvicorn's access log prints query strings (SMART codes and state): ours logs paths only.
+    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="info")
+    return 0
+
+
+_UNSIGNED_BANNER = """
+!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
+!! CDS_ALLOW_UNSIGNED=true: hook and feedback calls WITHOUT a JWT are accepted. !!
+!! Anyone who can reach this port can ask it to evaluate patients.              !!
+!! For trying the service out only. Never in production.                        !!
+!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
+"""
 
 
 if __name__ == "__main__":  # pragma: no cover

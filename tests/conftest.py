@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 from cds_service.engine.loader import Catalog, load_catalog
+from tests.fhir_fixtures import fhir_server, synthea_dir, synthetic_patients
+
+__all__ = ["fhir_server", "synthea_dir", "synthetic_patients"]
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"

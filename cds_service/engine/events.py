@@ -20,7 +20,7 @@ from cds_service.engine.facts import (
 from cds_service.engine.model import AgeRule, AllergyRule, ImmunizationRule, ProcedureRule
 from cds_service.engine.time import DayRange, age_on, day_range, place
 from cds_service.engine.valuesets import CompiledValueSet
-from cds_service.record import Resource, codings
+from cds_service.record import Resource, codings, reference_of
 
 
 def evaluate_age(rule: AgeRule, ctx: Context) -> Finding:
@@ -80,7 +80,7 @@ def evaluate_immunization(rule: ImmunizationRule, ctx: Context) -> Finding:
     given = _dated_events(hits, rule.window, ctx, title=valueset.title, valueset=valueset)
     if given.kind == "found" or not rule.planned:
         return given
-    planned = list(_planned(valueset, ctx))
+    planned = sorted(_planned(valueset, ctx), key=lambda item: reference_of(item[0]))
     if planned:
         resource, label = planned[0]
         proofs = tuple(evidence(r, value=lbl) for r, lbl in planned)

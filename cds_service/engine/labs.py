@@ -67,10 +67,14 @@ def evaluate_lab(rule: LabRule, ctx: Context) -> Finding:
         if day is None:
             undated += 1
             continue
-        if day.first > ctx.as_of or place(day, start=start, end=ctx.as_of) == "outside":
+        where = place(day, start=start, end=ctx.as_of)
+        if day.first > ctx.as_of or where == "outside":
             continue
         ctx.record.validate(resource)
-        readings.append((resource, day, read_result(resource, rule, ctx)))
+        reading = read_result(resource, rule, ctx)
+        if where == "unsure":  # a partial date across the window's edge: it may not belong
+            reading = Reading("unsure", reading.shown, f"dated {day}, too imprecise for the window")
+        readings.append((resource, day, reading))
     note = f"; {plural(undated, 'result')} without a date not considered" if undated else ""
     if not readings:
         return Finding("absent", f"no {scope}{note}")

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 import requests
-from support.fhir_server import (
+
+from tests.support.fhir_server import (
     FhirServer,
     FhirServerError,
     SmartClient,
@@ -20,7 +21,7 @@ from support.fhir_server import (
     next_link,
     start_fhir_server,
 )
-from support.synthetic_fhir import ICD10CM, LOINC, SNOMED, SyntheticPatient
+from tests.support.synthetic_fhir import ICD10CM, LOINC, SNOMED, SyntheticPatient
 
 from .conftest import FHIR_TEST_TOKEN
 
@@ -218,7 +219,7 @@ def test_load_bundle_is_idempotent_and_keeps_ids(
 
 def test_synthea_style_post_bundle_gets_server_ids(fhir_server: FhirServer) -> None:
     """preserve_ids=False sends the Bundle as Synthea wrote it: POST entries, urn:uuid refs."""
-    from support.synthetic_fhir import make_patient_bundle
+    from tests.support.synthetic_fhir import make_patient_bundle
 
     p = make_patient_bundle("posted", family="Posted", n_observations=3)
     response = fhir_server.load_bundle(p.bundle, preserve_ids=False)

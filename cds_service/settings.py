@@ -1,0 +1,80 @@
+"""Configuration from the environment (prefix ``CDS_``), read once and overridable in tests.
+
+Every setting is documented in README.md ("Configuration"). Lists accept comma-separated values;
+``CDS_TRUSTED_ISSUERS`` is a JSON object mapping each EHR issuer to its JWK Set URL.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+CommaList = Annotated[list[str], NoDecode]
+
+# A heavy real patient's full prefetch (the 8.7 MB, 7,138-entry test bundle) must fit with room to
+# spare; 32 MiB admits ~3.5x that while bounding what one request can make the process parse.
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CDS_", extra="ignore")
+
+    mappings_dir: Path | None = Field(default=None, description="trials and value sets (default: packaged)")
+    public_base_url: str | None = Field(
+        default=None, description="this service's external base URL, for JWT aud and links"
+    )
+
+    # EHR authentication (CDS Hooks "Trusting CDS Clients")
+    trusted_issuers: dict[str, str] = Field(default_factory=dict, description="issuer → JWKS URL")
+    allow_unsigned: bool = Field(default=False, description="accept calls without a JWT (trying it out)")
+    allow_sha256_jwt: bool = Field(default=False, description="also accept ES256 / RS256")
+    jwks_min_refetch_seconds: float = Field(
+        default=10.0, ge=0, description="an unknown kid refetches an issuer's JWKS at most this often"
+    )
+
+    # Outbound FHIR calls
+    fhir_server_allowlist: CommaList = Field(default_factory=list)
+    allow_http_loopback: bool = Field(default=False, description="http:// FHIR servers on loopback")
+    fhir_connect_timeout: float = 2.0
+    fhir_read_timeout: float = 5.0
+    fhir_total_timeout: float = 10.0
+    fhir_page_limit: int = Field(default=20, ge=1, description="most pages followed per search")
+    fhir_page_size: int = Field(default=200, ge=1, le=1000)
+    fhir_parallel_searches: int = Field(default=6, ge=1, le=16)
+
+    # Hook behaviour
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
+    show_not_eligible: bool = False
+    feedback_db_url: str = "sqlite:///cds-feedback.sqlite3"
+    cors_origins: CommaList = Field(default_factory=list)
+
+    # SMART app
+    smart_client_id: str = "cds-service-trial-eligibility"
+    smart_client_secret: SecretStr | None = None
+    smart_redirect_uri: str | None = None
+    smart_iss_allowlist: CommaList = Field(default_factory=list)
+    smart_scope_style: Literal["v2", "v1"] = "v2"
+    session_secret: SecretStr | None = Field(
+        default=None, description="signs and encrypts the SMART session cookie; random if unset"
+    )
+
+    @field_validator("fhir_server_allowlist", "cors_origins", "smart_iss_allowlist", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    def jwt_algorithms(self) -> tuple[str, ...]:
+        base = ("ES384", "RS384")
+        return (*base, "ES256", "RS256") if self.allow_sha256_jwt else base
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings; tests build their own ``Settings(...)`` and pass it to create_app."""
+    return Settings()
