@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the CDS Hooks service")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     serve.set_defaults(handler=_serve)
     return parser
 
@@ -133,12 +134,21 @@ def _serve(args: argparse.Namespace) -> int:
     from cds_service.settings import get_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("urllib3").setLevel(logging.WARNING)  # its DEBUG lines carry query strings
     settings = get_settings()
     if settings.allow_unsigned:
         print(_UNSIGNED_BANNER, file=sys.stderr, flush=True)
-    app = create_app(settings)
+    create_app(settings)  # fail fast, with a clear message, on bad mappings or settings
     # uvicorn's access log prints query strings (SMART codes and state): ours logs paths only.
-    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="info")
+    uvicorn.run(
+        "cds_service.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        access_log=False,
+        log_level="info",
+    )
     return 0
 
 

@@ -120,3 +120,23 @@ def test_check_mappings_on_a_broken_directory_exits_2(
 ) -> None:
     code, _, err = _run(capsys, "check-mappings", str(tmp_path))
     assert code == 2 and "not a mappings directory" in err
+
+
+def test_demo_request_builds_a_hook_request_with_every_prefetch_key(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from cds_service.demo_request import main as demo_main
+    from cds_service.fhir.queries import prefetch_templates
+    from tests.conftest import packaged_catalog
+
+    assert demo_main([str(DATA / "demo" / "sle-likely-eligible.json")]) == 0
+    request = json.loads(capsys.readouterr().out)
+    assert request["hook"] == "patient-view"
+    assert request["context"]["patientId"] == "sle-likely-eligible"
+    assert set(request["prefetch"]) == set(prefetch_templates(packaged_catalog()))
+
+
+def test_demo_patients_have_the_status_their_name_says(capsys: pytest.CaptureFixture[str]) -> None:
+    for name, status in (("sle-likely-eligible", "LIKELY-ELIGIBLE"), ("sle-needs-review", "NEEDS-REVIEW")):
+        code, out, _ = _run(capsys, "evaluate", str(DATA / "demo" / f"{name}.json"), "--as-of", "2026-06-01")
+        assert code == 0 and f"NCT06888960  {status}" in out
