@@ -6,7 +6,6 @@ configured limit are refused with 413 before they are read into memory.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 from typing import Any
@@ -15,6 +14,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -29,8 +29,9 @@ from cds_service.errors import (
 )
 from cds_service.fhir.queries import prefetch_templates
 from cds_service.hooks.auth import EhrAuthenticator, JwksCache, JwtPolicy
-from cds_service.hooks.service import HookDeps, build_hooks_router
+from cds_service.hooks.service import HookDeps, build_hooks_router, request_schemas
 from cds_service.settings import Settings, get_settings
+from cds_service.smart.router import build_smart_router
 from cds_service.store import FeedbackStore
 
 log = logging.getLogger("cds_service")
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.catalog = catalog
     app.state.store = store
     app.include_router(build_hooks_router(deps))
+    _document_request_models(app)
     _mount_smart(app, settings=settings, catalog=catalog)
     _install_error_handlers(app)
     if settings.cors_origins:
@@ -73,12 +75,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+def _document_request_models(app: FastAPI) -> None:
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(request_schemas())
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def _mount_smart(app: FastAPI, *, settings: Settings, catalog: Any) -> None:
-    try:
-        smart = importlib.import_module("cds_service.smart.router")
-    except ImportError:  # the SMART app is optional while it is being built
-        return
-    app.include_router(smart.build_smart_router(settings=settings, catalog=catalog), prefix="/smart")
+    app.include_router(build_smart_router(settings=settings, catalog=catalog), prefix="/smart")
 
 
 def _error(status: int, message: str | None) -> Response:

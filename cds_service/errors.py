@@ -47,7 +47,11 @@ class FhirError(CdsServiceError):
 
 
 class FhirUnauthorized(FhirError):
-    """The FHIR server refused the bearer token."""
+    """The FHIR server refused the bearer token (401), or refused it for this resource (403)."""
+
+    def __init__(self, message: str, *, status: int = 401) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class FhirTimeout(FhirError):

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from cds_service.codes import normalize
 from cds_service.errors import InvalidInput, InvalidResource
 
 Resource = dict[str, Any]
@@ -189,12 +190,12 @@ def _index(entries: list[tuple[str | None, Resource]]) -> PatientRecord:
             for coding in codings(resource.get(field_name)):
                 system, code = coding.get("system"), coding.get("code")
                 if isinstance(system, str) and isinstance(code, str):
-                    by_code.setdefault((system, code), []).append(resource)
+                    by_code.setdefault(normalize(system, code), []).append(resource)
         if resource_type == "Observation" and "valueCodeableConcept" in resource:
             for coding in codings(resource["valueCodeableConcept"]):
                 system, code = coding.get("system"), coding.get("code")
                 if isinstance(system, str) and isinstance(code, str):
-                    by_value_code.setdefault((system, code), []).append(resource)
+                    by_value_code.setdefault(normalize(system, code), []).append(resource)
     if not patients:
         raise InvalidInput("no Patient resource")
     if len(patients) > 1:

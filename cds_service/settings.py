@@ -58,11 +58,17 @@ class Settings(BaseSettings):
     smart_redirect_uri: str | None = None
     smart_iss_allowlist: CommaList = Field(default_factory=list)
     smart_scope_style: Literal["v2", "v1"] = "v2"
+    smart_default_iss: str | None = Field(default=None, description="FHIR server for a standalone launch")
+    smart_frame_ancestors: CommaList = Field(
+        default_factory=list, description="who may frame the app (default: self + the ISS allowlist origins)"
+    )
     session_secret: SecretStr | None = Field(
         default=None, description="signs and encrypts the SMART session cookie; random if unset"
     )
 
-    @field_validator("fhir_server_allowlist", "cors_origins", "smart_iss_allowlist", mode="before")
+    @field_validator(
+        "fhir_server_allowlist", "cors_origins", "smart_iss_allowlist", "smart_frame_ancestors", mode="before"
+    )
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from cds_service.engine.report import Evidence
 from cds_service.engine.time import DayRange, day_range
 from cds_service.engine.valuesets import CompiledValueSet
+from cds_service.errors import InvalidResource
 from cds_service.record import PatientRecord, Resource, codings, reference_of
 
 Kind = Literal["found", "against", "undetermined", "absent"]
@@ -52,6 +53,8 @@ def status_counts(resource: Resource) -> bool:
     """False for data that never happened or was withdrawn (entered-in-error, cancelled, ...)."""
     resource_type = resource.get("resourceType")
     status = resource.get("status")
+    if status is not None and not isinstance(status, str):
+        raise InvalidResource(f"{reference_of(resource)} is not valid FHIR R4: status: not a code")
     if resource_type == "Observation":
         return status in OBSERVATION_COUNTS
     if resource_type in ("Condition", "AllergyIntolerance"):

@@ -30,6 +30,8 @@ Verdict = Literal["meets", "fails", "unsure"]
 
 POSITIVE_VALUES = frozenset({"10828004", "52101004", "260373001"})
 NEGATIVE_VALUES = frozenset({"260385009", "2667000", "260415000"})
+# v3 ObservationInterpretation, its v2 table 0078 ancestor, and codes sent with no system at all.
+_FLAG_SYSTEMS = frozenset({V3_INTERPRETATION, "http://terminology.hl7.org/CodeSystem/v2-0078", None})
 POSITIVE_FLAGS = frozenset({"POS", "DET", "A", "H", "HH"})
 NEGATIVE_FLAGS = frozenset({"NEG", "ND", "N"})
 _TITER = re.compile(r"^\s*1\s*:\s*(\d+(?:\.\d+)?)\s*$")
@@ -210,7 +212,7 @@ def _read_positive(resource: Resource, cutoff: int) -> Reading:
         str(c.get("code"))
         for concept in resource.get("interpretation") or ()
         for c in codings(concept)
-        if c.get("system") in (V3_INTERPRETATION, None)
+        if c.get("system") in _FLAG_SYSTEMS
     }
     if flags & POSITIVE_FLAGS:
         return Reading("meets", shown + " (flagged " + "/".join(sorted(flags)) + ")")

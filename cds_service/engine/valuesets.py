@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from cds_service.codes import ICD10CM
+from cds_service.codes import ICD10CM, normalize
 from cds_service.engine.codecheck import icd10cm_range
 from cds_service.engine.model import ValueSet
 from cds_service.engine.units import Amount, parse_quantity
@@ -44,7 +44,7 @@ class CompiledValueSet:
         """The first coding in this value set; codings of unknown systems are simply not matches."""
         for coding in codings:
             system, code = coding.get("system"), coding.get("code")
-            if isinstance(system, str) and isinstance(code, str) and self.contains(system, code):
+            if isinstance(system, str) and isinstance(code, str) and self.contains(*normalize(system, code)):
                 return coding
         return None
 

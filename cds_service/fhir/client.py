@@ -268,7 +268,7 @@ class FhirClient:
 
 def _check_status(status: int, what: str) -> None:
     if status in (401, 403):
-        raise FhirUnauthorized(f"FHIR server refused the access token (HTTP {status})")
+        raise FhirUnauthorized(f"FHIR server refused the access token (HTTP {status})", status=status)
     if status != 200:
         raise FhirError(f"FHIR server answered HTTP {status} for {what}")
 

@@ -38,6 +38,19 @@ from cds_service.settings import Settings
 from cds_service.store import FeedbackStore
 
 SERVICE_ID = "trial-eligibility"
+COMPONENTS = "#/components/schemas/"
+
+
+def request_schemas() -> dict[str, Any]:
+    """The request models (read from raw bytes, so FastAPI does not see them) as OpenAPI components."""
+    schemas: dict[str, Any] = {}
+    for model in (HookRequest, FeedbackRequest):
+        schema = model.model_json_schema(ref_template=COMPONENTS + "{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    return schemas
+
+
 log = logging.getLogger("cds_service.hooks")
 
 
@@ -69,8 +82,8 @@ def json_response(model: Any, status_code: int = 200) -> Response:
 def build_hooks_router(deps: HookDeps) -> APIRouter:
     router = APIRouter()
     definition = service_definition(deps.catalog, deps.templates)
-    hook_body = {"content": {"application/json": {"schema": HookRequest.model_json_schema()}}}
-    feedback_body = {"content": {"application/json": {"schema": FeedbackRequest.model_json_schema()}}}
+    hook_body = {"content": {"application/json": {"schema": {"$ref": f"{COMPONENTS}HookRequest"}}}}
+    feedback_body = {"content": {"application/json": {"schema": {"$ref": f"{COMPONENTS}FeedbackRequest"}}}}
 
     @router.get("/cds-services", response_model=DiscoveryResponse, response_model_exclude_none=True)
     def discovery() -> Response:
