@@ -6,6 +6,7 @@ configured limit are refused with 413 before they are read into memory.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from typing import Any
@@ -72,6 +73,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(AccessLog)
+    # Everything built so far lives as long as the process: keep the garbage collector from
+    # re-scanning it on every request (it tripled the parse time of a heavy prefetch).
+    gc.collect()
+    gc.freeze()
     return app
 
 

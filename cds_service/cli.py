@@ -126,15 +126,14 @@ def _check_mappings(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import logging
+    import logging.config
 
     import uvicorn
 
     from cds_service.app import create_app
     from cds_service.settings import get_settings
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("urllib3").setLevel(logging.WARNING)  # its DEBUG lines carry query strings
+    logging.config.dictConfig(LOG_CONFIG)
     settings = get_settings()
     if settings.allow_unsigned:
         print(_UNSIGNED_BANNER, file=sys.stderr, flush=True)
@@ -147,10 +146,25 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         access_log=False,
-        log_level="info",
+        log_config=LOG_CONFIG,
     )
     return 0
 
+
+# Applied by every uvicorn worker process too. urllib3 stays at WARNING: its DEBUG lines carry
+# request query strings (patient ids).
+LOG_CONFIG: dict[str, object] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"level": "INFO", "handlers": ["stderr"]},
+    "loggers": {
+        "urllib3": {"level": "WARNING"},
+        "uvicorn": {"level": "INFO", "handlers": [], "propagate": True},
+        "uvicorn.error": {"level": "INFO", "handlers": [], "propagate": True},
+    },
+}
 
 _UNSIGNED_BANNER = """
 !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!

@@ -8,14 +8,17 @@ when the engine actually reads it, because validating a whole heavy record costs
 
 from __future__ import annotations
 
+import gc
+import threading
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from pydantic import ValidationError
 
-from cds_service.codes import normalize
+from cds_service.codes import CVX, LOINC, RXNORM, SNOMED, normalize
 from cds_service.errors import InvalidInput, InvalidResource
 
 Resource = dict[str, Any]
@@ -100,6 +103,29 @@ class PatientRecord:
             yield from group
 
 
+_gc_lock = threading.Lock()
+_gc_pausers = 0
+
+
+@contextmanager
+def paused_cycle_collection() -> Iterator[None]:
+    """Parsed FHIR JSON is acyclic trees of dicts and lists: while one is built and indexed, the
+    cyclic garbage collector only rescans it again and again (a third of a heavy record's parse
+    time). Pause it, counting nested and concurrent users, and resume when the last one leaves."""
+    global _gc_pausers
+    with _gc_lock:
+        _gc_pausers += 1
+        if _gc_pausers == 1:
+            gc.disable()
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pausers -= 1
+            if _gc_pausers == 0:
+                gc.enable()
+
+
 def validate_resource(resource: Resource) -> None:
     """Raise InvalidResource naming the resource and the first bad field (never its value)."""
     from fhir.resources.R4B import get_fhir_model_class
@@ -126,28 +152,35 @@ def parse_json(data: bytes) -> Any:
 
 def from_bytes(data: bytes) -> PatientRecord:
     """A record from the raw bytes of a Bundle, a resource, or a JSON list of resources."""
-    return build_record([parse_json(data)])
+    with paused_cycle_collection():
+        return build_record([parse_json(data)])
 
 
 def build_record(parts: Iterable[Any]) -> PatientRecord:
     """A record from Bundles and/or resources, e.g. the values of a hook's prefetch."""
     entries: list[tuple[str | None, Resource]] = []
     for part in parts:
-        entries.extend(_entries(part))
+        _entries(part, entries)
     return _index(entries)
 
 
-def _entries(part: Any) -> Iterator[tuple[str | None, Resource]]:
+def _entries(part: Any, out: list[tuple[str | None, Resource]]) -> None:
+    """Flatten Bundles (nested too) into (fullUrl, resource) pairs; refuse what is not FHIR."""
     if isinstance(part, list):
         for item in part:
-            yield from _entries(item)
+            _entries(item, out)
         return
     if not isinstance(part, dict) or not isinstance(part.get("resourceType"), str):
         raise InvalidInput("not a FHIR resource or Bundle (no resourceType)")
     if part["resourceType"] != "Bundle":
-        yield None, part
+        out.append((None, part))
         return
-    for position, entry in enumerate(part.get("entry") or ()):
+    entries = part.get("entry")
+    if entries is None:
+        return
+    if not isinstance(entries, list):
+        raise InvalidInput("Bundle.entry is not a list")
+    for position, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise InvalidInput(f"Bundle entry {position} is not an object")
         resource = entry.get("resource")
@@ -156,18 +189,40 @@ def _entries(part: Any) -> Iterator[tuple[str | None, Resource]]:
         if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
             raise InvalidInput(f"Bundle entry {position}: resource has no resourceType")
         search = entry.get("search")
-        if isinstance(search, dict) and search.get("mode") == "outcome":
+        if search is not None and isinstance(search, dict) and search.get("mode") == "outcome":
             continue  # an OperationOutcome about the search, not patient data
         if resource["resourceType"] == "Bundle":
-            yield from _entries(resource)
+            _entries(resource, out)
             continue
         full_url = entry.get("fullUrl")
-        yield (full_url if isinstance(full_url, str) else None), resource
+        out.append((full_url if isinstance(full_url, str) else None, resource))
+
+
+def _add_codes(concept: object, resource: Resource, index: dict[tuple[str, str], list[Resource]]) -> None:
+    """Index a CodeableConcept's codings; the innermost loop of reading a record, so kept lean."""
+    if not isinstance(concept, dict):
+        return
+    found = concept.get("coding")
+    if not isinstance(found, list):
+        return
+    for coding in found:
+        if not isinstance(coding, dict):
+            continue
+        system, code = coding.get("system"), coding.get("code")
+        if isinstance(system, str) and isinstance(code, str):
+            key = (system, code) if system in _CANONICAL else normalize(system, code)
+            bucket = index.get(key)
+            if bucket is None:
+                index[key] = [resource]
+            else:
+                bucket.append(resource)
+
+
+_CANONICAL = frozenset({SNOMED, LOINC, RXNORM, CVX})  # ICD-10-CM codes may still lack their dot
 
 
 def _index(entries: list[tuple[str | None, Resource]]) -> PatientRecord:
     patients: dict[str, Resource] = {}
-    seen: set[str] = set()
     by_type: dict[str, list[Resource]] = {}
     by_code: dict[tuple[str, str], list[Resource]] = {}
     by_url: dict[str, Resource] = {}
@@ -175,27 +230,24 @@ def _index(entries: list[tuple[str | None, Resource]]) -> PatientRecord:
     for full_url, resource in entries:
         resource_type = resource["resourceType"]
         rid = resource.get("id")
-        key = f"{resource_type}/{rid}" if isinstance(rid, str) else None
+        key = resource_type + "/" + rid if isinstance(rid, str) else None
         if key is not None:
-            if key in seen:
+            if key in by_url:
                 continue  # the same resource twice (overlapping pages, two prefetch keys)
-            seen.add(key)
             by_url[key] = resource
         if full_url:
             by_url[full_url] = resource
         if resource_type == "Patient":
             patients[key or full_url or str(len(patients))] = resource
-        by_type.setdefault(resource_type, []).append(resource)
+        group = by_type.get(resource_type)
+        if group is None:
+            by_type[resource_type] = [resource]
+        else:
+            group.append(resource)
         for field_name in CODE_FIELDS.get(resource_type, ()):
-            for coding in codings(resource.get(field_name)):
-                system, code = coding.get("system"), coding.get("code")
-                if isinstance(system, str) and isinstance(code, str):
-                    by_code.setdefault(normalize(system, code), []).append(resource)
-        if resource_type == "Observation" and "valueCodeableConcept" in resource:
-            for coding in codings(resource["valueCodeableConcept"]):
-                system, code = coding.get("system"), coding.get("code")
-                if isinstance(system, str) and isinstance(code, str):
-                    by_value_code.setdefault(normalize(system, code), []).append(resource)
+            _add_codes(resource.get(field_name), resource, by_code)
+        if resource_type == "Observation":
+            _add_codes(resource.get("valueCodeableConcept"), resource, by_value_code)
     if not patients:
         raise InvalidInput("no Patient resource")
     if len(patients) > 1:
@@ -211,18 +263,23 @@ def _index(entries: list[tuple[str | None, Resource]]) -> PatientRecord:
 
 def _refuse_other_patients(record: PatientRecord) -> None:
     """Data about someone else must never decide this patient's eligibility."""
+    checked: set[str] = set()  # a record names its patient the same way thousands of times
     for resource_type, group in record.by_type.items():
         if resource_type == "Patient":
             continue
         for resource in group:
             for name in _SUBJECT_FIELDS:
                 ref = resource.get(name)
-                if not isinstance(ref, dict) or "reference" not in ref:
+                if not isinstance(ref, dict):
                     continue
-                target = ref["reference"]
-                if not isinstance(target, str) or ("Patient" not in target and "urn:" not in target):
+                target = ref.get("reference")
+                if not isinstance(target, str) or target in checked:
                     continue
-                if record.resolve(ref) is not record.patient:
+                if "Patient" not in target and "urn:" not in target:
+                    continue
+                if record.resolve(ref) is record.patient:
+                    checked.add(target)
+                else:
                     raise InvalidInput(
                         f"{reference_of(resource)}.{name} refers to a patient other than {record.reference}"
                     )

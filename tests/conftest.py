@@ -12,6 +12,10 @@ from tests.fhir_fixtures import fhir_server, synthea_dir, synthetic_patients
 
 __all__ = ["fhir_server", "synthea_dir", "synthetic_patients"]
 
+# The whole run's logs go to test-artifacts/test-run.log and must hold no test patient's data or
+# secret: the run fails otherwise (see tests/support/log_capture.py).
+pytest_plugins = ["tests.support.log_capture"]
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"
 ALL_CONSTRUCTS = DATA / "all-constructs"

@@ -63,11 +63,15 @@ def evaluate(
     """The eligibility report for every trial (or the named ones) on ``as_of``."""
     ctx = Context(record=record, valuesets=catalog.valuesets, as_of=as_of)
     chosen = [catalog.trial(t) for t in trial_ids] if trial_ids else list(catalog.trials.values())
-    return EligibilityReport(
-        patient=record.reference,
-        as_of=as_of.isoformat(),
-        trials=[evaluate_trial(trial, ctx) for trial in chosen],
-    )
+    try:
+        trials = [evaluate_trial(trial, ctx) for trial in chosen]
+    except (TypeError, AttributeError, ValueError, KeyError):
+        # The rules read resources leniently but not every malformed shape: find the resource that
+        # is not valid FHIR and say so (InvalidResource); if all are valid, this is our bug.
+        for resource in record.all_resources():
+            record.validate(resource)
+        raise
+    return EligibilityReport(patient=record.reference, as_of=as_of.isoformat(), trials=trials)
 
 
 def evaluate_trial(trial: Trial, ctx: Context) -> TrialResult:

@@ -56,7 +56,12 @@ def sort_prefetch(
 
 
 def _next_link(bundle: Mapping[str, Any]) -> str | None:
-    for link in bundle.get("link") or ():
+    links = bundle.get("link")
+    if links is None:
+        return None
+    if not isinstance(links, list):
+        raise InvalidInput("a prefetch Bundle's link is not a list")
+    for link in links:
         if isinstance(link, dict) and link.get("relation") == "next" and link.get("url"):
             return str(link["url"])
     return None
@@ -89,5 +94,5 @@ def gather(
     finally:
         client.close()
     if "patient" in fetched and fetched["patient"] is None:
-        raise PrefetchUnavailable(f"the FHIR server has no Patient/{patient_id}")
+        raise PrefetchUnavailable("the FHIR server has no Patient with context.patientId")
     return found.ready + [value for value in fetched.values() if value is not None] + continued

@@ -19,6 +19,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import ValidationError
+from starlette.background import BackgroundTask
 
 from cds_service.cards import render_cards
 from cds_service.engine.evaluate import evaluate
@@ -33,7 +34,7 @@ from cds_service.hooks.models import (
     ServiceDefinition,
 )
 from cds_service.hooks.prefetch import gather
-from cds_service.record import build_record
+from cds_service.record import build_record, paused_cycle_collection
 from cds_service.settings import Settings
 from cds_service.store import FeedbackStore
 
@@ -100,11 +101,19 @@ def build_hooks_router(deps: HookDeps) -> APIRouter:
         body = await request.body()
         base_url = _public_url(deps.settings, "", request=request)
 
-        def work() -> HookResponse:
+        def work() -> tuple[HookResponse, list[Any]]:
             trusted = _authenticate(request, deps, path=f"/cds-services/{SERVICE_ID}")
-            return run_hook(_parse(HookRequest, body), deps=deps, trusted=trusted, base_url=base_url)
+            keep: list[Any] = []
+            with paused_cycle_collection():
+                hook = _parse(HookRequest, body)
+            keep.append(hook)
+            return run_hook(hook, deps=deps, trusted=trusted, base_url=base_url, keep=keep), keep
 
-        return json_response(await run_in_threadpool(work))
+        answer, keep = await run_in_threadpool(work)
+        response = json_response(answer)
+        # A heavy record takes milliseconds to free: do it after the EHR has its answer.
+        response.background = BackgroundTask(keep.clear)
+        return response
 
     @router.post(
         f"/cds-services/{SERVICE_ID}/feedback",
@@ -127,10 +136,16 @@ def build_hooks_router(deps: HookDeps) -> APIRouter:
     return router
 
 
-def run_hook(hook: HookRequest, *, deps: HookDeps, trusted: bool, base_url: str) -> HookResponse:
+def run_hook(
+    hook: HookRequest, *, deps: HookDeps, trusted: bool, base_url: str, keep: list[Any] | None = None
+) -> HookResponse:
+    """Prefetch (or FHIR) → record → report → cards; ``keep`` receives what the caller frees later."""
     started = time.perf_counter()
     parts = gather(hook, templates=deps.templates, settings=deps.settings, from_trusted_issuer=trusted)
-    record = build_record(parts)
+    with paused_cycle_collection():
+        record = build_record(parts)
+    if keep is not None:
+        keep.append(record)
     if record.patient.get("id") != hook.context.patientId:
         raise InvalidInput("the prefetched Patient is not context.patientId")
     report = evaluate(deps.catalog, record, as_of=datetime.now(UTC).date())

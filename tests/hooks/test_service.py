@@ -288,3 +288,28 @@ def test_feedback_survives_a_restart(tmp_path: Path) -> None:
 
 def test_searchset_helper_is_a_bundle() -> None:
     assert searchset([])["type"] == "searchset"
+
+
+def test_cors_preflight_allows_the_configured_origin_with_authorization(tmp_path: Path) -> None:
+    """The CDS Hooks sandbox runs in a browser and sends Authorization: its preflight must pass."""
+    settings = Settings(
+        allow_unsigned=True,
+        cors_origins=["https://sandbox.cds-hooks.org"],
+        feedback_db_url=f"sqlite:///{tmp_path}/f.db",
+    )
+    with TestClient(create_app(settings)) as client:
+        allowed = client.options(
+            SERVICE,
+            headers={
+                "Origin": "https://sandbox.cds-hooks.org",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization,content-type",
+            },
+        )
+        other = client.options(
+            SERVICE, headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+        )
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == "https://sandbox.cds-hooks.org"
+    assert "authorization" in allowed.headers["access-control-allow-headers"].lower()
+    assert "access-control-allow-origin" not in other.headers
