@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
@@ -30,7 +31,7 @@ from cds_service.errors import (
 )
 from cds_service.fhir.queries import prefetch_templates
 from cds_service.hooks.auth import EhrAuthenticator, JwksCache, JwtPolicy
-from cds_service.hooks.service import HookDeps, build_hooks_router, request_schemas
+from cds_service.hooks.service import CLEANUP_KEY, HookDeps, build_hooks_router, request_schemas
 from cds_service.settings import Settings, get_settings
 from cds_service.smart.router import build_smart_router
 from cds_service.store import FeedbackStore
@@ -165,6 +166,8 @@ class AccessLog:
         finally:
             elapsed = (time.perf_counter() - started) * 1000
             self.log.info("%s %s %d %.0f ms", scope["method"], scope["path"], status, elapsed)
+            for action in scope.pop(CLEANUP_KEY, ()):  # after the answer is out, even on errors
+                await run_in_threadpool(action)
 
 
 class BodyLimit:

@@ -8,10 +8,7 @@ when the engine actually reads it, because validating a whole heavy record costs
 
 from __future__ import annotations
 
-import gc
-import threading
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +17,7 @@ from pydantic import ValidationError
 
 from cds_service.codes import CVX, LOINC, RXNORM, SNOMED, normalize
 from cds_service.errors import InvalidInput, InvalidResource
+from cds_service.gcpause import paused
 
 Resource = dict[str, Any]
 
@@ -46,6 +44,19 @@ def codings(concept: object) -> list[Mapping[str, Any]]:
     return [c for c in found if isinstance(c, dict)] if isinstance(found, list) else []
 
 
+Codes = tuple[tuple[str, str], ...]
+
+
+def normalized_codes(*concepts: object) -> Codes:
+    found = []
+    for concept in concepts:
+        for coding in codings(concept):
+            system, code = coding.get("system"), coding.get("code")
+            if isinstance(system, str) and isinstance(code, str):
+                found.append(normalize(system, code))
+    return tuple(found)
+
+
 def reference_of(resource: Mapping[str, Any]) -> str:
     return f"{resource.get('resourceType')}/{resource.get('id', '?')}"
 
@@ -60,6 +71,8 @@ class PatientRecord:
     by_url: dict[str, Resource] = field(default_factory=dict)
     by_value_code: dict[tuple[str, str], list[Resource]] = field(default_factory=dict)
     _validated: set[int] = field(default_factory=set, repr=False)
+    _coded: dict[str, list[tuple[Resource, Codes]]] = field(default_factory=dict, repr=False)
+    _medication_codes: dict[int, Codes] = field(default_factory=dict, repr=False)
 
     @property
     def reference(self) -> str:
@@ -70,6 +83,33 @@ class PatientRecord:
 
     def with_code(self, system: str, code: str) -> list[Resource]:
         return self.by_code.get((system, code), [])
+
+    def coded(self, resource_type: str) -> list[tuple[Resource, Codes]]:
+        """Each resource of the type with its normalised codes, worked out once per record."""
+        cached = self._coded.get(resource_type)
+        if cached is None:
+            fields = CODE_FIELDS.get(resource_type, ())
+            cached = [
+                (r, normalized_codes(*(r.get(name) for name in fields)))
+                for r in self.resources(resource_type)
+            ]
+            self._coded[resource_type] = cached
+        return cached
+
+    def medication_codes(self, resource: Resource) -> Codes:
+        """A medication order's or statement's codes: its own, then its Medication's and ingredients'."""
+        key = id(resource)
+        cached = self._medication_codes.get(key)
+        if cached is None:
+            concepts: list[object] = [resource.get("medicationCodeableConcept")]
+            medication = self.resolve(resource.get("medicationReference"), within=resource)
+            if medication is not None:
+                concepts.append(medication.get("code"))
+                ingredients = medication.get("ingredient")
+                if isinstance(ingredients, list):
+                    concepts.extend(i.get("itemCodeableConcept") for i in ingredients if isinstance(i, dict))
+            cached = self._medication_codes[key] = normalized_codes(*concepts)
+        return cached
 
     def with_value_code(self, system: str, code: str) -> list[Resource]:
         """Observations whose coded value (valueCodeableConcept) is this code."""
@@ -103,29 +143,6 @@ class PatientRecord:
             yield from group
 
 
-_gc_lock = threading.Lock()
-_gc_pausers = 0
-
-
-@contextmanager
-def paused_cycle_collection() -> Iterator[None]:
-    """Parsed FHIR JSON is acyclic trees of dicts and lists: while one is built and indexed, the
-    cyclic garbage collector only rescans it again and again (a third of a heavy record's parse
-    time). Pause it, counting nested and concurrent users, and resume when the last one leaves."""
-    global _gc_pausers
-    with _gc_lock:
-        _gc_pausers += 1
-        if _gc_pausers == 1:
-            gc.disable()
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_pausers -= 1
-            if _gc_pausers == 0:
-                gc.enable()
-
-
 def validate_resource(resource: Resource) -> None:
     """Raise InvalidResource naming the resource and the first bad field (never its value)."""
     from fhir.resources.R4B import get_fhir_model_class
@@ -152,7 +169,7 @@ def parse_json(data: bytes) -> Any:
 
 def from_bytes(data: bytes) -> PatientRecord:
     """A record from the raw bytes of a Bundle, a resource, or a JSON list of resources."""
-    with paused_cycle_collection():
+    with paused():
         return build_record([parse_json(data)])
 
 
@@ -227,6 +244,7 @@ def _index(entries: list[tuple[str | None, Resource]]) -> PatientRecord:
     by_code: dict[tuple[str, str], list[Resource]] = {}
     by_url: dict[str, Resource] = {}
     by_value_code: dict[tuple[str, str], list[Resource]] = {}
+    subjects: dict[str, tuple[Resource, str]] = {}  # each distinct patient reference, checked once below
     for full_url, resource in entries:
         resource_type = resource["resourceType"]
         rid = resource.get("id")
@@ -248,6 +266,11 @@ def _index(entries: list[tuple[str | None, Resource]]) -> PatientRecord:
             _add_codes(resource.get(field_name), resource, by_code)
         if resource_type == "Observation":
             _add_codes(resource.get("valueCodeableConcept"), resource, by_value_code)
+        for name in _SUBJECT_FIELDS:
+            ref = resource.get(name)
+            target = ref.get("reference") if isinstance(ref, dict) else None
+            if isinstance(target, str) and target not in subjects:
+                subjects[target] = (resource, name)
     if not patients:
         raise InvalidInput("no Patient resource")
     if len(patients) > 1:
@@ -257,29 +280,18 @@ def _index(entries: list[tuple[str | None, Resource]]) -> PatientRecord:
         patient=patient, by_type=by_type, by_code=by_code, by_url=by_url, by_value_code=by_value_code
     )
     record.validate(patient)
-    _refuse_other_patients(record)
+    _refuse_other_patients(record, subjects)
     return record
 
 
-def _refuse_other_patients(record: PatientRecord) -> None:
+def _refuse_other_patients(record: PatientRecord, subjects: Mapping[str, tuple[Resource, str]]) -> None:
     """Data about someone else must never decide this patient's eligibility."""
-    checked: set[str] = set()  # a record names its patient the same way thousands of times
-    for resource_type, group in record.by_type.items():
-        if resource_type == "Patient":
+    for target, (resource, name) in subjects.items():
+        if resource.get("resourceType") == "Patient":
             continue
-        for resource in group:
-            for name in _SUBJECT_FIELDS:
-                ref = resource.get(name)
-                if not isinstance(ref, dict):
-                    continue
-                target = ref.get("reference")
-                if not isinstance(target, str) or target in checked:
-                    continue
-                if "Patient" not in target and "urn:" not in target:
-                    continue
-                if record.resolve(ref) is record.patient:
-                    checked.add(target)
-                else:
-                    raise InvalidInput(
-                        f"{reference_of(resource)}.{name} refers to a patient other than {record.reference}"
-                    )
+        if "Patient" not in target and "urn:" not in target:
+            continue
+        if record.resolve({"reference": target}) is not record.patient:
+            raise InvalidInput(
+                f"{reference_of(resource)}.{name} refers to a patient other than {record.reference}"
+            )

@@ -82,7 +82,6 @@ def _judge(resource: Resource, rule: ConditionRule, ctx: Context) -> tuple[Place
             return "outside", label, day  # a finding is an event, never "current"
         start = rule.window.start(ctx.as_of) if rule.window else None
         return place(day, start=start, end=ctx.as_of), label, day
-    ctx.record.validate(resource)
     facts = condition_facts(resource, ctx.as_of)
     label = concept_label(resource.get("code"), ctx.valueset(rule.valueset))
     if facts.onset is not None and facts.onset.first > ctx.as_of:

@@ -112,6 +112,10 @@ def evaluate_criterion(criterion: Criterion, ctx: Context) -> CriterionResult:
         if criterion.manual and outcome.result != "met":
             detail = f" ({outcome.reason})" if outcome.result != "unknown" else ""
             outcome = Outcome("unknown", f"{MANUAL_REASON}{detail}", ())
+    for item in outcome.evidence:  # what a clinician is shown as proof must be valid FHIR R4
+        resource = ctx.record.by_url.get(item.reference)
+        if resource is not None:
+            ctx.record.validate(resource)
     reason = outcome.reason
     if criterion.note:
         reason = f"{reason}; {criterion.note}"

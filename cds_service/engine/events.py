@@ -134,7 +134,6 @@ def _dated_events(
             else ("unsure" if day is None else place(day, start=start, end=ctx.as_of))
         )
         if where != "outside":
-            ctx.record.validate(resource)
             (inside if where == "inside" else unsure).append((resource, day))
     for kind, group in (("found", inside), ("undetermined", unsure)):
         if group:
@@ -164,7 +163,6 @@ def evaluate_allergy(rule: AllergyRule, ctx: Context) -> Finding:
         )
         named = _names_substance(resource, valueset, patterns)
         if severe and named:
-            ctx.record.validate(resource)
             hits.append((resource, named))
     if not hits:
         return Finding("absent", "no severe allergy to a listed substance recorded")

@@ -128,12 +128,9 @@ def candidates(
                     seen.add(id(resource))
                     yield resource
         return
-    from cds_service.record import CODE_FIELDS
-
     for resource_type in sorted(wanted):
-        for resource in record.resources(resource_type):
-            fields = CODE_FIELDS.get(resource_type, ())
-            if any(valueset.matching_coding(codings(resource.get(f))) for f in fields):
+        for resource, codes in record.coded(resource_type):
+            if any(valueset.contains(system, code) for system, code in codes):
                 yield resource
 
 

@@ -72,7 +72,6 @@ def evaluate_lab(rule: LabRule, ctx: Context) -> Finding:
         where = place(day, start=start, end=ctx.as_of)
         if day.first > ctx.as_of or where == "outside":
             continue
-        ctx.record.validate(resource)
         reading = read_result(resource, rule, ctx)
         if where == "unsure":  # a partial date across the window's edge: it may not belong
             reading = Reading("unsure", reading.shown, f"dated {day}, too imprecise for the window")

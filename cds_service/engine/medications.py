@@ -25,7 +25,7 @@ from cds_service.engine.model import MedicationRule
 from cds_service.engine.time import DayRange, day_range
 from cds_service.engine.units import convert, format_number, parse_quantity
 from cds_service.engine.valuesets import CompiledValueSet
-from cds_service.record import Resource, codings
+from cds_service.record import Resource
 
 _PERIOD_DAYS = {"s": 1 / 86400, "min": 1 / 1440, "h": 1 / 24, "d": 1, "wk": 7, "mo": 30, "a": 365}
 _DOSE_UNITS = frozenset({"", "1", "{tbl}", "{tablet}", "tablet", "tab", "{capsule}", "capsule"})
@@ -198,23 +198,15 @@ def _courses(rule: MedicationRule, valueset: CompiledValueSet, ctx: Context) -> 
             coding = _matching_code(resource, valueset, ctx)
             if coding is None or not status_counts(resource):
                 continue
-            ctx.record.validate(resource)
             found.append(_course(resource, coding, valueset, ctx.as_of))
     return found
 
 
 def _matching_code(resource: Resource, valueset: CompiledValueSet, ctx: Context) -> tuple[str, str] | None:
-    concepts: list[Any] = [resource.get("medicationCodeableConcept")]
-    medication = ctx.record.resolve(resource.get("medicationReference"), within=resource)
-    if medication is not None:
-        concepts.append(medication.get("code"))
-        concepts.extend(
-            i.get("itemCodeableConcept") for i in medication.get("ingredient") or () if isinstance(i, dict)
-        )
-    for concept in concepts:
-        coding = valueset.matching_coding(codings(concept))
-        if coding is not None:
-            return str(coding.get("system")), str(coding.get("code"))
+    """The first of the order's codes (its own, its Medication's, its ingredients') in the value set."""
+    for system, code in ctx.record.medication_codes(resource):
+        if valueset.contains(system, code):
+            return system, code
     return None
 
 

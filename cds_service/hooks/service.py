@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -19,8 +19,8 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import ValidationError
-from starlette.background import BackgroundTask
 
+from cds_service import gcpause
 from cds_service.cards import render_cards
 from cds_service.engine.evaluate import evaluate
 from cds_service.engine.loader import Catalog
@@ -34,7 +34,7 @@ from cds_service.hooks.models import (
     ServiceDefinition,
 )
 from cds_service.hooks.prefetch import gather
-from cds_service.record import build_record, paused_cycle_collection
+from cds_service.record import build_record
 from cds_service.settings import Settings
 from cds_service.store import FeedbackStore
 
@@ -101,19 +101,21 @@ def build_hooks_router(deps: HookDeps) -> APIRouter:
         body = await request.body()
         base_url = _public_url(deps.settings, "", request=request)
 
-        def work() -> tuple[HookResponse, list[Any]]:
+        def work() -> HookResponse:
             trusted = _authenticate(request, deps, path=f"/cds-services/{SERVICE_ID}")
             keep: list[Any] = []
-            with paused_cycle_collection():
-                hook = _parse(HookRequest, body)
-            keep.append(hook)
-            return run_hook(hook, deps=deps, trusted=trusted, base_url=base_url, keep=keep), keep
+            gcpause.pause()  # resumed after the response, once the record is freed
 
-        answer, keep = await run_in_threadpool(work)
-        response = json_response(answer)
-        # A heavy record takes milliseconds to free: do it after the EHR has its answer.
-        response.background = BackgroundTask(keep.clear)
-        return response
+            def free() -> None:
+                keep.clear()
+                gcpause.resume()
+
+            after_response(request, free)
+            hook = _parse(HookRequest, body)
+            keep.append(hook)
+            return run_hook(hook, deps=deps, trusted=trusted, base_url=base_url, keep=keep)
+
+        return json_response(await run_in_threadpool(work))
 
     @router.post(
         f"/cds-services/{SERVICE_ID}/feedback",
@@ -142,8 +144,7 @@ def run_hook(
     """Prefetch (or FHIR) → record → report → cards; ``keep`` receives what the caller frees later."""
     started = time.perf_counter()
     parts = gather(hook, templates=deps.templates, settings=deps.settings, from_trusted_issuer=trusted)
-    with paused_cycle_collection():
-        record = build_record(parts)
+    record = build_record(parts)
     if keep is not None:
         keep.append(record)
     if record.patient.get("id") != hook.context.patientId:
@@ -164,6 +165,14 @@ def run_hook(
         (time.perf_counter() - started) * 1000,
     )
     return HookResponse(cards=cards)
+
+
+CLEANUP_KEY = "cds_service.after_response"
+
+
+def after_response(request: Request, action: Callable[[], object]) -> None:
+    """Run ``action`` once the response is sent (or the request failed): see app.AccessLog."""
+    request.scope.setdefault(CLEANUP_KEY, []).append(action)
 
 
 def _parse(model: type[Any], body: bytes) -> Any:

@@ -313,3 +313,15 @@ def test_cors_preflight_allows_the_configured_origin_with_authorization(tmp_path
     assert allowed.headers["access-control-allow-origin"] == "https://sandbox.cds-hooks.org"
     assert "authorization" in allowed.headers["access-control-allow-headers"].lower()
     assert "access-control-allow-origin" not in other.headers
+
+
+def test_garbage_collector_is_running_again_after_every_kind_of_answer(client: TestClient) -> None:
+    """The hook pauses the cyclic GC from parse to free; every path must resume it."""
+    import gc
+
+    good = hook_request(LIZ, client)
+    missing = hook_request(LIZ, client)
+    del missing["prefetch"]["conditions"]
+    for body, status in ((good, 200), (missing, 412), ({"hook": "patient-view"}, 400)):
+        assert client.post(SERVICE, json=body).status_code == status
+        assert gc.isenabled()
