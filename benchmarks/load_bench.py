@@ -595,8 +595,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\nlatency: client side (ms); srv p50: the service's access log (request in to answer out);")
     print("hook p50: run_hook (gather prefetch, build the record, evaluate, render cards).")
-    print("n/a: with --workers > 1 the service's own INFO log lines (access log, hook timing) are not")
-    print("emitted: uvicorn's worker processes do not inherit cds-service's logging configuration.\n")
+    print("n/a: the service logged no timing for that run.\n")
     for ratio in ratios:
         print("\n".join(ratio.lines()))
         failed = failed or ratio.errors > 0

@@ -20,20 +20,22 @@ MAX_PAUSE_SECONDS = 1.0
 _lock = threading.Lock()
 _pausers = 0
 _since: float | None = None
+_was_enabled = True  # a program that had switched the collector off keeps it off
 
 
 def pause() -> None:
-    global _pausers, _since
+    global _pausers, _since, _was_enabled
     overdue = False
     with _lock:
         _pausers += 1
         now = time.monotonic()
         if _pausers == 1:
+            _was_enabled = gc.isenabled()
             gc.disable()
             _since = now
         elif _since is not None and now - _since > MAX_PAUSE_SECONDS:
             overdue, _since = True, now
-    if overdue:
+    if overdue and _was_enabled:
         gc.collect()
 
 
@@ -43,7 +45,8 @@ def resume() -> None:
         _pausers = max(_pausers - 1, 0)
         if _pausers == 0:
             _since = None
-            gc.enable()
+            if _was_enabled:
+                gc.enable()
 
 
 @contextmanager

@@ -42,3 +42,13 @@ def test_a_pause_held_past_the_limit_collects_once(monkeypatch: pytest.MonkeyPat
         with gcpause.paused():  # the clock restarted: no second collection yet
             pass
     assert collected == [1] and gc.isenabled()
+
+
+def test_a_collector_switched_off_by_the_program_stays_off() -> None:
+    gc.disable()
+    try:
+        with gcpause.paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
