@@ -23,7 +23,7 @@ OVERRIDE_REASONS = (
     ("not-appropriate", "Not clinically appropriate"),
     ("data-incorrect", "Patient data shown is incorrect"),
 )
-_MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~])")
+_MARKDOWN_SPECIALS = re.compile(r"([\\`*_\[\]<>|~])")  # what could become a link, markup or HTML
 _PASSING = {"inclusion": "met", "exclusion": "not-met"}
 
 
@@ -90,17 +90,27 @@ def detail(result: TrialResult, *, trial: Trial) -> str:
     review = [c for c in result.criteria if c.result == "unknown"]
     failed = [c for c in result.criteria if c.result not in (_PASSING[c.kind], "unknown")]
     lines = [f"**{_escape(trial.title)}** — status: **{result.status}**", ""]
-    for heading, group in (("To review", review), ("Not met", failed), ("Met", passed)):
+    groups = (("To review", review), ("Rules the patient out", failed), ("In the patient's favour", passed))
+    for heading, group in groups:
         if group:
             lines.append(f"**{heading}** ({len(group)})")
             lines.extend(_line(c, texts[c.id]) for c in group)
             lines.append("")
-    lines.append("Exclusions are listed as met when the patient has the excluding condition.")
     return "\n".join(lines).strip()
 
 
+_STATES = {
+    ("inclusion", "met"): "Inclusion met",
+    ("inclusion", "not-met"): "Inclusion not met",
+    ("inclusion", "unknown"): "Inclusion",
+    ("exclusion", "met"): "Exclusion present",
+    ("exclusion", "not-met"): "Exclusion absent",
+    ("exclusion", "unknown"): "Exclusion",
+}
+
+
 def _line(result: CriterionResult, criterion: Criterion) -> str:
-    kind = "Inclusion" if result.kind == "inclusion" else "Exclusion"
+    kind = _STATES[(result.kind, result.result)]
     manual = " (manual)" if result.manual else ""
     proof = "; ".join(_evidence_text(e) for e in result.evidence[:3])
     more = f" (+{len(result.evidence) - 3} more)" if len(result.evidence) > 3 else ""
@@ -110,7 +120,11 @@ def _line(result: CriterionResult, criterion: Criterion) -> str:
 
 
 def _evidence_text(item: Evidence) -> str:
-    bits = [item.reference] + [b for b in (item.value, item.date) if b]
+    bits = [item.reference]
+    if item.value:
+        bits.append(item.value)
+    if item.date and item.date not in (item.value or ""):
+        bits.append(item.date)
     return _escape(", ".join(bits))
 
 

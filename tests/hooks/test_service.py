@@ -108,7 +108,7 @@ def test_likely_eligible_patient_gets_one_card_that_follows_the_spec(client: Tes
     report = card["extension"]["org.cds-service.trial-eligibility"]
     assert report["trial"] == "NCT06888960" and report["status"] == "likely-eligible"
     assert {c["id"] for c in report["criteria"]} >= {"adult", "sle-diagnosis", "tuberculosis"}
-    assert "**To review**" in card["detail"] and "**Met**" in card["detail"]
+    assert "**To review**" in card["detail"] and "**In the patient's favour**" in card["detail"]
 
 
 def test_needs_review_card_counts_the_items_to_review(client: TestClient) -> None:
@@ -325,3 +325,11 @@ def test_garbage_collector_is_running_again_after_every_kind_of_answer(client: T
     for body, status in ((good, 200), (missing, 412), ({"hook": "patient-view"}, 400)):
         assert client.post(SERVICE, json=body).status_code == status
         assert gc.isenabled()
+
+
+def test_ehr_text_cannot_inject_links_or_html_into_the_card() -> None:
+    from cds_service.cards import _escape
+
+    text = _escape("SLE [click](https://evil.example) <img src=x> *bold* `code`")
+    assert "[click]" not in text and "<img" not in text
+    assert text == r"SLE \[click\](https://evil.example) \<img src=x\> \*bold\* \`code\`"
