@@ -331,5 +331,4 @@ def test_ehr_text_cannot_inject_links_or_html_into_the_card() -> None:
     from cds_service.cards import _escape
 
     text = _escape("SLE [click](https://evil.example) <img src=x> *bold* `code`")
-    assert "[click]" not in text and "<img" not in text
     assert text == r"SLE \[click\](https://evil.example) \<img src=x\> \*bold\* \`code\`"
