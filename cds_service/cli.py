@@ -102,6 +102,8 @@ def render_table(report: EligibilityReport) -> str:
             lines.append(f"  {kind}{criterion.id:<{width}}  {mark:<10}  {criterion.reason}")
             for item in criterion.evidence[:3]:
                 bits = [b for b in (item.value, item.date) if b]
+                if item.value and item.date and item.date in item.value:
+                    bits = [item.value]
                 lines.append(f"  {'':<{width + 3}}  {'':<10}    ↳ {item.reference}  {' · '.join(bits)}")
     return "\n".join(lines)
 
