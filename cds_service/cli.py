@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--fast",
         action="store_true",
-        help="validate only the resources the criteria read, not every resource",
+        help="validate only the resources shown as evidence, not every resource",
     )
     run.set_defaults(handler=_evaluate)
 

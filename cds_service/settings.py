@@ -62,9 +62,6 @@ class Settings(BaseSettings):
     smart_frame_ancestors: CommaList = Field(
         default_factory=list, description="who may frame the app (default: self + the ISS allowlist origins)"
     )
-    session_secret: SecretStr | None = Field(
-        default=None, description="signs and encrypts the SMART session cookie; random if unset"
-    )
 
     @field_validator(
         "fhir_server_allowlist", "cors_origins", "smart_iss_allowlist", "smart_frame_ancestors", mode="before"
