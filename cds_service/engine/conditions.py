@@ -21,6 +21,7 @@ from cds_service.engine.facts import (
 )
 from cds_service.engine.model import ConditionRule
 from cds_service.engine.time import DayRange, Placement, day_range, place
+from cds_service.engine.valuesets import CompiledValueSet
 from cds_service.record import Resource, codings
 
 
@@ -108,10 +109,7 @@ def _observation_label(resource: Resource, ctx: Context, rule: ConditionRule) ->
     return concept_label(resource.get("code"), valueset)
 
 
-def _coded_in(resource: Resource, excluded: object) -> bool:
-    from cds_service.engine.valuesets import CompiledValueSet
-
-    assert isinstance(excluded, CompiledValueSet)
+def _coded_in(resource: Resource, excluded: CompiledValueSet) -> bool:
     return excluded.matching_coding(codings(resource.get("code"))) is not None
 
 

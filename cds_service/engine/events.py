@@ -18,7 +18,7 @@ from cds_service.engine.facts import (
     status_counts,
 )
 from cds_service.engine.model import AgeRule, AllergyRule, ImmunizationRule, ProcedureRule
-from cds_service.engine.time import DayRange, age_on, day_range, place
+from cds_service.engine.time import DayRange, WindowSpec, age_on, day_range, place
 from cds_service.engine.valuesets import CompiledValueSet
 from cds_service.record import Resource, codings, reference_of
 
@@ -57,10 +57,8 @@ def evaluate_procedure(rule: ProcedureRule, ctx: Context) -> Finding:
     for resource in pool:
         if not status_counts(resource) or resource.get("status") == "preparation":
             continue
-        if (
-            category
-            and not any(category.matching_coding(codings(c)) for c in resource.get("category") or ())
-            and category.matching_coding(codings(resource.get("category"))) is None
+        if category and not any(
+            category.matching_coding(codings(c)) for c in _concepts(resource, "category")
         ):
             continue
         if excluded and excluded.matching_coding(codings(resource.get("code"))):
@@ -111,17 +109,21 @@ def _planned(valueset: CompiledValueSet, ctx: Context) -> Iterator[tuple[Resourc
             yield resource, concept_label(resource.get(code_field), valueset)
 
 
+def _concepts(resource: Resource, name: str) -> list[object]:
+    """R4 gives Procedure one category; later versions and some EHRs send a list: accept both."""
+    value = resource.get(name)
+    return value if isinstance(value, list) else [value]
+
+
 def _dated_events(
     hits: list[tuple[Resource, DayRange | None]],
-    window: object,
+    window: WindowSpec | None,
     ctx: Context,
     *,
     title: str,
     valueset: CompiledValueSet | None,
 ) -> Finding:
-    from cds_service.engine.time import WindowSpec
-
-    start = window.start(ctx.as_of) if isinstance(window, WindowSpec) else None
+    start = window.start(ctx.as_of) if window is not None else None
     scope = f"{title} in the last {window}" if start else f"{title} recorded"
     inside: list[tuple[Resource, DayRange | None]] = []
     unsure: list[tuple[Resource, DayRange | None]] = []

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import date
-from typing import Any, Literal
+from typing import Literal
 
 from cds_service.engine.report import Evidence
 from cds_service.engine.time import DayRange, day_range
@@ -153,14 +152,5 @@ def valued_observations(record: PatientRecord, valueset: CompiledValueSet) -> It
             yield resource
 
 
-def not_after(day: DayRange | None, as_of: date) -> bool:
-    """Data dated after the evaluation date did not exist yet on that date."""
-    return day is None or day.first <= as_of
-
-
 def plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
-
-
-def value_text(value: Any) -> str:
-    return str(value)
