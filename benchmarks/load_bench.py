@@ -36,6 +36,7 @@ failed, 2 when the service could not be started.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import math
 import os
@@ -366,7 +367,7 @@ def run_typical(service: Service, workers: int, typical: Patient, args: argparse
             requests_max=args.requests,
             seconds=args.seconds,
             warmup=max(2, 20 // concurrency),
-            on_start=lambda offsets=offsets: offsets.append(service.log_size()),
+            on_start=functools.partial(_mark, offsets, service),
         )
         time.sleep(0.2)
         total, hook = service.timings_since(offsets[0])
@@ -613,3 +614,8 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _mark(offsets: list[int], service: Service) -> None:
+    """Note where the service's log stood when the timed calls began."""
+    offsets.append(service.log_size())

@@ -34,7 +34,12 @@ def test_an_error_inside_still_resumes() -> None:
 def test_a_pause_held_past_the_limit_collects_once(monkeypatch: pytest.MonkeyPatch) -> None:
     collected: list[int] = []
     monkeypatch.setattr(gcpause, "MAX_PAUSE_SECONDS", 0.05)
-    monkeypatch.setattr(gc, "collect", lambda *a: collected.append(1) or 0)
+
+    def fake_collect(*_: object) -> int:
+        collected.append(1)
+        return 0
+
+    monkeypatch.setattr(gc, "collect", fake_collect)
     with gcpause.paused():
         time.sleep(0.06)
         with gcpause.paused():  # an overlapping request arrives while the pause is overdue

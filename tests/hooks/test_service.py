@@ -26,7 +26,7 @@ def status_case(name: str) -> list[dict[str, Any]]:
     """The resources of the status vector with that name (likely-eligible, needs-review, ...)."""
     for loaded in load_vectors(REPO / "mappings"):
         if loaded.path.stem == "status" and name in loaded.case.name:
-            return loaded.case.parts()  # type: ignore[return-value]
+            return loaded.case.parts()
     raise LookupError(name)
 
 

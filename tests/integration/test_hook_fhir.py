@@ -164,16 +164,25 @@ def test_stopped_server_gives_a_bounded_412(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("mode", "fragment"),
-    [("hang", "did not answer"), ("status:500", "HTTP 500"), ("non-json", "malformed"),
-     ("loop-next", "page")],
+    [
+        ("hang", "did not answer"),
+        ("status:500", "HTTP 500"),
+        ("non-json", "malformed"),
+        ("loop-next", "page"),
+    ],
 )
 def test_misbehaving_server_gives_a_bounded_412(tmp_path: Path, mode: str, fragment: str) -> None:
     """A FHIR server that hangs, fails or pages forever: the EHR gets a 412 within the deadline."""
     from tests.support.faulty_fhir import FaultyFhirServer
 
     with FaultyFhirServer(mode=mode) as faulty:
-        options = {"fhir_server_allowlist": [faulty.base_url], "fhir_connect_timeout": 0.5,
-                   "fhir_read_timeout": 0.5, "fhir_total_timeout": 1.5, "fhir_page_limit": 3}
+        options = {
+            "fhir_server_allowlist": [faulty.base_url],
+            "fhir_connect_timeout": 0.5,
+            "fhir_read_timeout": 0.5,
+            "fhir_total_timeout": 1.5,
+            "fhir_page_limit": 3,
+        }
         with make_client(tmp_path, **options) as client:
             started = time.perf_counter()
             patient = {"resourceType": "Patient", "id": "p1"}
