@@ -28,7 +28,7 @@ def test_json_report_has_exactly_the_contract_fields(capsys: pytest.CaptureFixtu
     assert set(report) == {"patient", "as_of", "trials"}
     assert report["as_of"] == "2026-06-01" and report["patient"].startswith("Patient/")
     trial = report["trials"][0]
-    assert set(trial) == {"trial", "title", "status", "criteria"}
+    assert set(trial) == {"trial", "title", "version", "effective", "status", "criteria"}
     for criterion in trial["criteria"]:
         assert set(criterion) == {"id", "kind", "result", "manual", "reason", "evidence"}
         for item in criterion["evidence"]:
