@@ -22,6 +22,8 @@ ICD10PCS = "http://www.cms.gov/Medicare/Coding/ICD10"
 NDC = "http://hl7.org/fhir/sid/ndc"
 ATC = "http://www.whocc.no/atc"
 ICDO3 = "http://terminology.hl7.org/CodeSystem/icd-o-3"
+NCIT = "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl"
+HGNC = "http://www.genenames.org"
 UCUM = "http://unitsofmeasure.org"
 V3_INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 V2_INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v2-0078"
@@ -56,6 +58,8 @@ CODE_SYSTEMS: tuple[CodeSystem, ...] = (
     CodeSystem("ndc", NDC, "2.16.840.1.113883.6.69", "NDC", "National Drug Code"),
     CodeSystem("atc", ATC, "2.16.840.1.113883.6.73", "ATC", "WHO ATC classification"),
     CodeSystem("icdo3", ICDO3, "2.16.840.1.113883.6.43.1", "ICD-O-3", "ICD-O-3 (morphology, topography)"),
+    CodeSystem("ncit", NCIT, "2.16.840.1.113883.3.26.1.1", "NCIt", "NCI Thesaurus"),
+    CodeSystem("hgnc", HGNC, "2.16.840.1.113883.6.281", "HGNC", "HGNC gene ids"),
 )
 SYSTEM_ALIASES: dict[str, str] = {s.alias: s.uri for s in CODE_SYSTEMS}
 SYSTEM_LABELS: dict[str, str] = {s.uri: s.label for s in CODE_SYSTEMS}
@@ -99,4 +103,4 @@ def normalize(system: str, code: str) -> tuple[str, str]:
 
 
 # Systems whose incoming codes need no rewriting beyond the system URI (the hot path skips normalize).
-PLAIN_SYSTEMS = frozenset({SNOMED, LOINC, RXNORM, CPT, HCPCS, ICD10PCS, NDC, ATC, ICDO3})
+PLAIN_SYSTEMS = frozenset({SNOMED, LOINC, RXNORM, CPT, HCPCS, ICD10PCS, NDC, ATC, ICDO3, NCIT, HGNC})

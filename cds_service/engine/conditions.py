@@ -107,8 +107,10 @@ def _judge(resource: Resource, rule: ConditionRule, ctx: Context) -> Hit:
             return Hit(resource, "fails", label, day)
         if qualified is None:
             verdict = "unsure"
-    if rule.onset_within is not None and verdict == "meets":
-        verdict, why = _onset_inside(facts.onset, rule, ctx)
+    for check in (_onset_inside, _onset_long_enough):
+        if verdict != "meets":
+            break
+        verdict, why = check(facts.onset, rule, ctx)
         if verdict == "unsure":
             return Hit(resource, "unsure", f"{label}, {status}", facts.onset, why)
         if verdict == "fails":
@@ -134,7 +136,8 @@ def _placed(rule: ConditionRule, facts: ConditionFacts, ctx: Context) -> tuple[V
 
 
 def _onset_inside(onset: DayRange | None, rule: ConditionRule, ctx: Context) -> tuple[Verdict, str]:
-    assert rule.onset_within is not None
+    if rule.onset_within is None:
+        return "meets", ""
     if onset is None:
         return "unsure", f" (no onset date: cannot tell whether it began in the last {rule.onset_within})"
     where = place(onset, start=rule.onset_within.start(ctx.as_of), end=ctx.as_of)
@@ -143,6 +146,20 @@ def _onset_inside(onset: DayRange | None, rule: ConditionRule, ctx: Context) -> 
     if where == "unsure":
         return "unsure", " (onset date too imprecise to place)"
     return "fails", ""
+
+
+def _onset_long_enough(onset: DayRange | None, rule: ConditionRule, ctx: Context) -> tuple[Verdict, str]:
+    """``at_least_ago``: diagnosed at least that long before the evaluation date."""
+    if rule.at_least_ago is None:
+        return "meets", ""
+    if onset is None:
+        return "unsure", f" (no onset date: cannot tell whether it began at least {rule.at_least_ago} ago)"
+    latest = rule.at_least_ago.start(ctx.as_of)
+    if onset.last <= latest:
+        return "meets", ""
+    if onset.first > latest:
+        return "fails", ""
+    return "unsure", " (onset date too imprecise to tell)"
 
 
 def _qualifiers(resource: Resource, rule: ConditionRule, ctx: Context) -> tuple[bool | None, str] | None:
@@ -160,7 +177,10 @@ def _qualifiers(resource: Resource, rule: ConditionRule, ctx: Context) -> tuple[
             verdict = None if verdict is not False else False
             continue
         matched = next((c for c in concepts if valueset.matching_coding(codings(c))), None)
-        if matched is None:
+        if matched is None and not any(codings(c) for c in concepts):  # text only: a human reads it
+            details.append(f"{name.replace('_', ' ')} recorded as text only")
+            verdict = None if verdict is not False else False
+        elif matched is None:
             details.append(f"{name.replace('_', ' ')} {concept_label(concepts[0])}")
             verdict = False
         else:
@@ -202,6 +222,8 @@ def _scope_text(rule: ConditionRule, title: str) -> str:
         text = f"{title} in the last {rule.window}"
     if rule.onset_within is not None:
         text += f" that began in the last {rule.onset_within}"
+    if rule.at_least_ago is not None:
+        text += f" that began at least {rule.at_least_ago} ago"
     return text
 
 

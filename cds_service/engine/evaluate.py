@@ -99,7 +99,10 @@ def is_deceased(ctx: Context) -> bool:
 
 def evaluate_criterion(criterion: Criterion, ctx: Context) -> CriterionResult:
     rule_key = ctx.catalog.key(criterion.rule) if criterion.rule is not None else ""
-    key = f"criterion|{criterion.id}|{criterion.kind}|{criterion.manual}|{criterion.note}|{rule_key}"
+    hint_key = ctx.catalog.key(criterion.hint) if criterion.hint is not None else ""
+    key = (
+        f"criterion|{criterion.id}|{criterion.kind}|{criterion.manual}|{criterion.note}|{rule_key}|{hint_key}"
+    )
     cached = ctx.memo.get(key)
     if cached is not None:
         return cached  # type: ignore[no-any-return]
@@ -110,6 +113,10 @@ def evaluate_criterion(criterion: Criterion, ctx: Context) -> CriterionResult:
 
 def _evaluate_criterion(criterion: Criterion, ctx: Context) -> CriterionResult:
     outcome = Outcome("unknown", MANUAL_REASON)
+    if criterion.hint is not None:  # shown to the reviewer, never deciding
+        hint = evaluate_rule(criterion.hint, ctx)
+        if hint.evidence or hint.result != "not-met":
+            outcome = Outcome("unknown", f"{MANUAL_REASON}; recorded: {hint.reason}", hint.evidence)
     if criterion.rule is not None:
         outcome = evaluate_rule(criterion.rule, ctx)
         if criterion.manual and outcome.result != "met":
@@ -163,10 +170,11 @@ def _evaluate_rule(rule: RuleModel, ctx: Context) -> Outcome:
 
 
 def apply_policy(rule: RuleModel, finding: Finding, ctx: Context) -> Outcome:
-    """Finding → result by the mapping's policy; the rule's note joins the reason when its data decided."""
+    """Finding → result by the mapping's policy; the rule's note joins the reason only when this
+    rule found what it looks for (the note explains that finding, and is false for any other)."""
     outcome = _policy_result(rule, finding, ctx)
     note = getattr(rule, "note", None)
-    if note and finding.kind in ("found", "undetermined"):
+    if note and finding.kind == "found":
         return Outcome(outcome.result, f"{outcome.reason} ({note})", outcome.evidence)
     return outcome
 

@@ -36,6 +36,7 @@ def evaluate_procedure(rule: ProcedureRule, ctx: Context) -> Finding:
     pool = (
         ctx.candidates(rule.valueset, ("Procedure",)) if rule.valueset else ctx.record.resources("Procedure")
     )
+    oldest = rule.at_least_ago.start(ctx.as_of) if rule.at_least_ago else None
     hits: list[Hit] = []
     for resource in pool:
         if not status_counts(resource) or resource.get("status") == "preparation":
@@ -49,8 +50,27 @@ def evaluate_procedure(rule: ProcedureRule, ctx: Context) -> Finding:
         day = ctx.day(resource.get("performedDateTime")) or period_start(
             resource.get("performedPeriod"), ctx.tz
         )
+        if oldest is not None and day is not None and day.first > oldest:
+            continue  # too recent: the protocol asks for one at least that long ago
         hits.append((resource, day, concept_label(resource.get("code"), codes)))
-    return dated_events(hits, rule.window, ctx, title=title, min_count=rule.min_count)
+    done = dated_events(hits, rule.window, ctx, title=title, min_count=rule.min_count)
+    if done.kind == "found" or not rule.planned or rule.valueset is None:
+        return done
+    return _planned_procedure(rule.valueset, codes, done, ctx)
+
+
+def _planned_procedure(name: str, codes: CompiledValueSet | None, done: Finding, ctx: Context) -> Finding:
+    planned = [
+        r
+        for r in ctx.candidates(name, ("ServiceRequest",))
+        if r.get("status") == "active" and r.get("intent") != "proposal"
+    ]
+    if not planned:
+        return Finding(done.kind, f"{done.reason}; none planned", done.evidence)
+    planned.sort(key=reference_of)
+    proofs = tuple(evidence(r, value=concept_label(r.get("code"), codes)) for r in planned)
+    label = concept_label(planned[0].get("code"), codes)
+    return Finding("found", f"{label} planned (ServiceRequest)", proofs)
 
 
 def evaluate_immunization(rule: ImmunizationRule, ctx: Context) -> Finding:
@@ -196,17 +216,22 @@ def evaluate_allergy(rule: AllergyRule, ctx: Context) -> Finding:
     for resource in ctx.record.resources("AllergyIntolerance"):
         if first_code(resource.get("verificationStatus")) in CONDITION_IGNORED:
             continue
-        severe = resource.get("criticality") == "high" or any(
-            isinstance(r, dict) and r.get("severity") == "severe" for r in resource.get("reaction") or ()
+        severe = (
+            rule.severity == "any"
+            or resource.get("criticality") == "high"
+            or any(
+                isinstance(r, dict) and r.get("severity") == "severe" for r in resource.get("reaction") or ()
+            )
         )
         named = _names_substance(resource, valueset, patterns)
         if severe and named:
             hits.append((resource, named))
+    what = "severe allergy" if rule.severity == "severe" else "allergy or intolerance"
     if not hits:
-        return Finding("absent", "no severe allergy to a listed substance recorded")
+        return Finding("absent", f"no {what} to a listed substance recorded")
     hits.sort(key=lambda h: str(h[0].get("id")))
     proofs = tuple(evidence(r, value=name) for r, name in hits)
-    return Finding("found", f"severe allergy recorded: {hits[0][1]}", proofs)
+    return Finding("found", f"{what} recorded: {hits[0][1]}", proofs)
 
 
 def _names_substance(

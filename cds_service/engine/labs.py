@@ -27,7 +27,7 @@ from cds_service.engine.report import Evidence
 from cds_service.engine.time import place
 from cds_service.engine.units import convert, format_number
 from cds_service.engine.valuesets import CompiledValueSet
-from cds_service.record import Resource
+from cds_service.record import Resource, codings
 
 _OPS = {">": "above", ">=": "at or above", "<": "below", "<=": "at or below"}
 
@@ -54,7 +54,7 @@ def evaluate_lab(rule: LabRule, ctx: Context) -> Finding:
     undated = empty = 0
     for resource in ctx.candidates(rule.valueset, ("Observation",)):
         part = part_for(resource, valueset) if status_counts(resource) else None
-        if part is None:
+        if part is None or (rule.with_component and not _has_component(resource, rule, ctx)):
             continue
         when = observation_when(resource, ctx.tz)
         if when is None:
@@ -77,6 +77,21 @@ def evaluate_lab(rule: LabRule, ctx: Context) -> Finding:
     if rule.pick == "any":
         return _decide_any(items, rule, valueset.title, note)
     return _decide_latest(items, rule, valueset.title, note)
+
+
+def _has_component(resource: Resource, rule: LabRule, ctx: Context) -> bool:
+    assert rule.with_component is not None
+    code = ctx.valueset(rule.with_component.code)
+    answer = ctx.valueset(rule.with_component.answer)
+    for component in resource.get("component") or ():
+        if isinstance(component, dict) and code.matching_coding(codings(component.get("code"))):
+            value = component.get("valueCodeableConcept")
+            if answer.matching_coding(codings(value)) is not None:
+                return True
+            text = value.get("text") if isinstance(value, dict) else component.get("valueString")
+            if answer.by_text(text) is not None:
+                return True
+    return False
 
 
 def _not_considered(undated: int, empty: int) -> str:
@@ -138,6 +153,8 @@ def _test_text(rule: LabRule, meets: bool) -> str:
         op = _OPS[rule.threshold.op]
         limit = threshold_text(rule.threshold)
         return f"is {op} {limit}" if meets else f"is not {op} {limit}"
+    if rule.finding == "recorded":
+        return "is recorded" if meets else "cannot be read"
     if rule.finding is not None:
         return "is positive" if meets else "is negative/normal"
     return "is a qualifying answer" if meets else "is not a qualifying answer"
@@ -159,6 +176,9 @@ def judge(value: Value, rule: LabRule, ctx: Context) -> Reading:
     if rule.answer is not None:
         against = ctx.valueset(rule.against) if rule.against else None
         return judge_answer(value, ctx.valueset(rule.answer), against)
+    if rule.finding == "recorded":
+        readable = value.number is not None or value.codes or value.text or value.boolean is not None
+        return Reading("meets" if readable else "unsure", value.shown, "the result has no readable value")
     return judge_positive(value, rule.titer_cutoff)
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from cds_service.engine.context import Context
 from cds_service.engine.facts import Finding, evidence, observation_when, status_counts
-from cds_service.engine.labs import Item, Reading, compare, latest_items, threshold_text
+from cds_service.engine.labs import Item, Reading, compare, latest_items
 from cds_service.engine.model import MEASURE_UNITS, ComputedRule, MeasureInput
 from cds_service.engine.readings import Value, part_for, read_value
 from cds_service.engine.report import Evidence
@@ -55,7 +55,6 @@ class Input:
 
 
 def evaluate_computed(rule: ComputedRule, ctx: Context) -> Finding:
-    name = _NAMES[rule.measure]
     try:
         inputs = {
             n: _input(n, getattr(rule, n), ctx)
@@ -64,27 +63,33 @@ def evaluate_computed(rule: ComputedRule, ctx: Context) -> Finding:
         }
         values, patient_text, patient_proof = _compute(rule, inputs, ctx)
     except Missing as exc:
-        return Finding(
-            "undetermined" if exc.proofs else "absent", f"{name} cannot be computed: {exc}", exc.proofs
-        )
+        reason = f"{_NAMES[rule.measure]} cannot be computed: {exc}"
+        return Finding("undetermined" if exc.proofs else "absent", reason, exc.proofs)
     proofs = (*(i.proof for i in inputs.values()), *patient_proof)
     threshold = rule.threshold
     unit = threshold.unit or MEASURE_UNITS[rule.measure]
-    shown_values = sorted({format_number(v) for v in values})
+    reported = sorted({round(v, _DECIMALS[rule.measure]) for v in values})  # as a lab would report it
+    shown = " to ".join(format_number(v) for v in reported)
     from_text = ", ".join(f"{n} {i.shown}" for n, i in inputs.items())
-    what = f"{name} {' to '.join(shown_values)} {_unit_text(rule.measure)} (from {from_text}{patient_text})"
+    what = f"{_NAMES[rule.measure]} {shown} {_unit_text(rule.measure)} (from {from_text}{patient_text})"
     verdicts = set()
-    for value in values:
+    for value in reported:
         converted = convert(value, from_unit=MEASURE_UNITS[rule.measure], to_unit=unit)
         assert converted is not None  # the model checked the threshold's unit at load
         verdicts.add(compare(converted, None, threshold.op, threshold.value))
-    limit = threshold_text(threshold)
+    limit = f"{format_number(threshold.value)} {_UNIT_SHOWN.get(unit, unit)}"
     if len(verdicts) > 1:
         return Finding("undetermined", f"{what}: birth date too imprecise to tell", proofs)
     verdict = verdicts.pop()
     if verdict == "meets":
         return Finding("found", f"{what} is {_OPS[threshold.op]} {limit}", proofs)
     return Finding("against", f"{what} is not {_OPS[threshold.op]} {limit}", proofs)
+
+
+# Reported as labs report them (eGFR and clearance in whole mL/min, BMI to one decimal), and
+# compared as reported, so that the figure a clinician reads is the figure that decided.
+_DECIMALS = {"egfr-ckd-epi-2021": 0, "bmi": 1, "crcl-cockcroft-gault": 0}
+_UNIT_SHOWN = {"mL/min/{1.73_m2}": "mL/min/1.73 m²", "kg/m2": "kg/m²"}
 
 
 def _unit_text(measure: str) -> str:

@@ -21,7 +21,7 @@ from cds_service.engine.model import (
     ImmunizationRule,
     LabRule,
     MedicationRule,
-    walk,
+    ProcedureRule,
 )
 
 ALL = "*"  # a value set a code search cannot express (ICD-10-CM prefixes): fetch the whole type
@@ -78,6 +78,10 @@ def _medication(rule: MedicationRule, catalog: Catalog, needs: DataNeeds) -> Non
     needs.types |= set(rule.resources)
 
 
+def _procedure(rule: ProcedureRule, catalog: Catalog, needs: DataNeeds) -> None:
+    needs.types |= {"Procedure", "ServiceRequest"} if rule.planned else {"Procedure"}
+
+
 def _immunization(rule: ImmunizationRule, catalog: Catalog, needs: DataNeeds) -> None:
     needs.vaccine_codes |= _tokens(catalog, rule.valueset)
     if rule.planned:
@@ -98,7 +102,7 @@ NEEDS: dict[str, Callable[[Any, Catalog, DataNeeds], None]] = {
     "lab": _lab,
     "computed": _computed,
     "medication": _medication,
-    "procedure": _types("Procedure"),
+    "procedure": _procedure,
     "immunization": _immunization,
     "allergy": _types("AllergyIntolerance"),
     "encounter": _types("Encounter", "Condition"),
@@ -113,9 +117,7 @@ def data_needs(catalog: Catalog, trial_ids: list[str] | None = None) -> DataNeed
     trials = [catalog.trial(t) for t in trial_ids] if trial_ids else list(catalog.trials.values())
     for trial in trials:
         for criterion in trial.criteria:
-            if criterion.rule is None:
-                continue
-            for rule in walk(criterion.rule):
+            for rule in criterion.rules():  # the deciding rule's, and a manual criterion's hint
                 if rule.kind not in COMBINATORS:
                     NEEDS[rule.kind](rule, catalog, needs)
     return needs

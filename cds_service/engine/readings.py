@@ -110,13 +110,17 @@ class Value:
 
 
 def part_for(resource: Resource, valueset: CompiledValueSet) -> dict[str, Any] | None:
-    """The resource itself if its code is in the set, else its first component coded in the set."""
-    if valueset.matching_coding(codings(resource.get("code"))) is not None:
+    """What carries the value a rule on this value set reads: the resource itself when its code is
+    in the set and it has a value, else its first component coded in the set (a panel listed in the
+    set so that a search finds it: blood pressure 85354-9 answering for systolic 8480-6), else the
+    resource (whose missing value then reads as "no value")."""
+    top = valueset.matching_coding(codings(resource.get("code"))) is not None
+    if top and any(key.startswith("value") for key in resource):
         return resource
     for component in resource.get("component") or ():
         if isinstance(component, dict) and valueset.matching_coding(codings(component.get("code"))):
             return component
-    return None
+    return resource if top else None
 
 
 def read_value(part: dict[str, Any]) -> Value:

@@ -44,6 +44,8 @@ def render_templates(needs: DataNeeds) -> dict[str, str]:
         )
     if "Procedure" in types:
         templates["procedures"] = f"Procedure?{patient}"
+    if "ServiceRequest" in types:
+        templates["serviceRequests"] = f"ServiceRequest?{patient}&status=active"
     if needs.vaccine_codes:
         templates["immunizations"] = f"Immunization?{patient}" + _filter("vaccine-code", needs.vaccine_codes)
     if "ImmunizationRecommendation" in types:

@@ -30,7 +30,7 @@ class Leaf(Strict):
         default=None, description="when data is absent: unknown if this rule is met, otherwise not-met"
     )
     note: str | None = Field(
-        default=None, description="added to the reason when this rule's data decided (a review hint)"
+        default=None, description="added to the reason when this rule found what it looks for (a review hint)"
     )
 
     VALUESET_FIELDS: ClassVar[tuple[str, ...]] = ("valueset",)
@@ -106,6 +106,9 @@ class ConditionRule(Leaf):
     onset_within: Window | None = Field(
         default=None, description="the onset (or recordedDate standing in for it) must fall in this window"
     )
+    at_least_ago: Window | None = Field(
+        default=None, description="the onset must lie at least this long before the evaluation date"
+    )
     stage: ValueSetRef | None = Field(default=None, description="Condition.stage.summary must be in this set")
     severity: ValueSetRef | None = Field(default=None, description="Condition.severity must be in this set")
     body_site: ValueSetRef | None = Field(default=None, description="Condition.bodySite must be in this set")
@@ -138,8 +141,8 @@ class ConditionRule(Leaf):
 class Threshold(Strict):
     """A comparison in the criterion's unit (UCUM), or relative to the result's own reference range."""
 
-    op: Literal[">", ">=", "<", "<="]
-    value: float
+    op: Literal[">", ">=", "<", "<="] = Field(description="the comparison")
+    value: float = Field(description="the limit (× ULN / LLN with relative_to)")
     unit: str | None = Field(default=None, description="UCUM; absent for scores and unitless results")
     relative_to: Literal["upper-limit", "lower-limit"] | None = Field(
         default=None, description="value × the result's own upper (ULN) or lower (LLN) reference limit"
@@ -161,6 +164,14 @@ class Threshold(Strict):
         return self
 
 
+class ComponentMatch(Strict):
+    """Another component the same result must carry: one coded in ``code`` whose coded value is in
+    ``answer`` (a variant result counts only for the gene studied: 48018-6 = HGNC:8975 PIK3CA)."""
+
+    code: ValueSetRef = Field(description="the other component's code (gene studied 48018-6)")
+    answer: ValueSetRef = Field(description="its coded value (HGNC:8975 PIK3CA)")
+
+
 class LabRule(Leaf):
     """Results (Observation value, component or panel member): a threshold, a positive finding, or a
     coded answer. The latest result decides (``pick: any``: any result may decide)."""
@@ -169,8 +180,10 @@ class LabRule(Leaf):
     valueset: ValueSetRef = Field(description="codes matched in Observation.code or a component's code")
     window: Window | None = Field(default=None, description="absent: results of any date count")
     pick: Literal["latest", "any"] = Field(default="latest", description="latest result decides, or any")
-    threshold: Threshold | None = None
-    finding: Literal["positive"] | None = Field(default=None, description="positive / negative reading")
+    threshold: Threshold | None = Field(default=None, description="compare a number or score")
+    finding: Literal["positive", "recorded"] | None = Field(
+        default=None, description="positive: a positive / negative reading; recorded: any readable result"
+    )
     answer: ValueSetRef | None = Field(default=None, description="value set of coded answers that meet")
     against: ValueSetRef | None = Field(
         default=None, description="with answer: coded answers that do not meet (others: unknown)"
@@ -180,8 +193,18 @@ class LabRule(Leaf):
     )
     titer_cutoff: int = Field(default=80, gt=0, description="1:N titers at or above N are positive")
     molar_mass: str | None = Field(default=None, description="e.g. '113.12 g/mol' for mass↔molar")
+    with_component: ComponentMatch | None = Field(
+        default=None, description="only results that also carry this coded component (gene studied)"
+    )
 
     VALUESET_FIELDS: ClassVar[tuple[str, ...]] = ("valueset", "answer", "against", "scale")
+
+    def valueset_refs(self) -> set[str]:
+        refs = super().valueset_refs()
+        if self.with_component is not None:
+            refs |= {self.with_component.code, self.with_component.answer}
+        return refs
+
     DEFAULT_ABSENT: ClassVar[AbsentResult] = "unknown"
 
     @model_validator(mode="after")
@@ -203,7 +226,7 @@ class LabRule(Leaf):
 class MeasureInput(Strict):
     """A measurement a computed measure reads: the latest result of the set within the window."""
 
-    valueset: ValueSetRef
+    valueset: ValueSetRef = Field(description="codes of the measurement (creatinine 2160-0, ...)")
     window: Window | None = Field(default=None, description="absent: any date")
 
 
@@ -226,8 +249,8 @@ class ComputedRule(Leaf):
     that cannot be converted."""
 
     kind: Literal["computed"] = "computed"
-    measure: Measure
-    threshold: Threshold
+    measure: Measure = Field(description="which formula (see the module's citations)")
+    threshold: Threshold = Field(description="in a unit the measure converts to")
     creatinine: MeasureInput | None = Field(default=None, description="serum creatinine (eGFR, CrCl)")
     weight: MeasureInput | None = Field(default=None, description="body weight (BMI, CrCl)")
     height: MeasureInput | None = Field(default=None, description="body height (BMI)")
@@ -266,9 +289,11 @@ class Lines(Strict):
     of a line's first drug belong to that line; a later start of a drug not in the previous line
     begins a new line."""
 
-    min: int | None = Field(default=None, ge=0)
-    max: int | None = Field(default=None, ge=0)
-    same_line_within: Window = Field(default="28d", validate_default=True)
+    min: int | None = Field(default=None, ge=0, description="at least this many lines")
+    max: int | None = Field(default=None, ge=0, description="at most this many lines")
+    same_line_within: Window = Field(
+        default="28d", validate_default=True, description="drugs started this close form one line"
+    )
 
     @model_validator(mode="after")
     def _bounded(self) -> Lines:
@@ -284,8 +309,12 @@ class MedicationRule(Leaf):
     (washouts), with duration, daily dose and span, distinct courses, or distinct prior lines."""
 
     kind: Literal["medication"] = "medication"
-    valueset: ValueSetRef
-    when: Literal["active", "within", "started-within", "ever"]
+    valueset: ValueSetRef = Field(
+        description="ingredients and clinical drugs (matched in the order, its Medication, ingredients)"
+    )
+    when: Literal["active", "within", "started-within", "ever"] = Field(
+        description="active now; taken in the window; started in the window; ever recorded"
+    )
     window: Window | None = Field(default=None, description="required with within / started-within")
     min_duration: Window | None = Field(
         default=None, description="with active: started at least this long ago"
@@ -297,6 +326,7 @@ class MedicationRule(Leaf):
     resources: list[MedicationSource] = Field(
         default_factory=lambda: list[MedicationSource](["MedicationRequest", "MedicationStatement"]),
         min_length=1,
+        description="which resources record the medication",
     )
 
     @model_validator(mode="after")
@@ -329,7 +359,9 @@ class ProcedureRule(Leaf):
     category: ValueSetRef | None = Field(default=None, description="codes matched in Procedure.category")
     except_valueset: ValueSetRef | None = None
     window: Window | None = Field(default=None, description="absent: ever")
+    at_least_ago: Window | None = Field(default=None, description="performed at least this long ago")
     min_count: int = Field(default=1, ge=1, description="at least this many (distinct days)")
+    planned: bool = Field(default=False, description="also count an active order (ServiceRequest) for it")
 
     VALUESET_FIELDS: ClassVar[tuple[str, ...]] = ("valueset", "category", "except_valueset")
 
@@ -337,6 +369,8 @@ class ProcedureRule(Leaf):
     def _something_to_match(self) -> ProcedureRule:
         if self.valueset is None and self.category is None:
             raise ValueError("a procedure rule needs valueset or category")
+        if self.planned and self.valueset is None:
+            raise ValueError("planned procedures are matched by valueset")
         return self
 
 
@@ -344,16 +378,18 @@ class ImmunizationRule(Leaf):
     """Vaccines given (completed Immunizations) ever or within a window, and optionally planned ones."""
 
     kind: Literal["immunization"] = "immunization"
-    valueset: ValueSetRef
+    valueset: ValueSetRef = Field(description="vaccine codes (CVX; leading zeros do not matter)")
     window: Window | None = Field(default=None, description="absent: ever")
     planned: bool = Field(default=False, description="also count doses planned from now on")
 
 
 class AllergyRule(Leaf):
-    """A severe (criticality high, or a severe reaction) allergy to a named substance."""
+    """An allergy or intolerance to a named substance: severe ones only (criticality high, or a
+    severe reaction) unless ``severity: any``."""
 
     kind: Literal["allergy"] = "allergy"
-    valueset: ValueSetRef | None = None
+    valueset: ValueSetRef | None = Field(default=None, description="substance codes")
+    severity: Literal["severe", "any"] = Field(default="severe", description="severe only, or any")
     text_patterns: list[str] = Field(default_factory=list, description="regexes, case-insensitive")
 
     @field_validator("text_patterns")
@@ -399,7 +435,7 @@ class AnyRule(Strict):
     """Met if some child is met, not-met if every child is not-met, otherwise unknown."""
 
     kind: Literal["any"] = "any"
-    any: list[Rule] = Field(min_length=1)
+    any: list[Rule] = Field(min_length=1, description="the rules")
 
     def valueset_refs(self) -> set[str]:
         return set()
@@ -412,7 +448,7 @@ class AllRule(Strict):
     """Met if every child is met, not-met if some child is not-met, otherwise unknown."""
 
     kind: Literal["all"] = "all"
-    all: list[Rule] = Field(min_length=1)
+    all: list[Rule] = Field(min_length=1, description="the rules")
 
     def valueset_refs(self) -> set[str]:
         return set()
@@ -425,7 +461,7 @@ class NotRule(Strict):
     """Met if the child is not-met, not-met if it is met, unknown if it is unknown."""
 
     kind: Literal["not"] = "not"
-    not_: Rule = Field(alias="not")
+    not_: Rule = Field(alias="not", description="the rule")
 
     def valueset_refs(self) -> set[str]:
         return set()
@@ -439,8 +475,8 @@ class AtLeastRule(Strict):
     longer be reached; otherwise unknown ("at least 2 of the following")."""
 
     kind: Literal["at_least"] = "at_least"
-    n: int = Field(ge=1)
-    of: list[Rule] = Field(min_length=2)
+    n: int = Field(ge=1, description="how many must be met")
+    of: list[Rule] = Field(min_length=2, description="the rules")
 
     @model_validator(mode="after")
     def _reachable(self) -> AtLeastRule:

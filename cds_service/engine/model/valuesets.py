@@ -22,8 +22,8 @@ class CodeEntry(Strict):
     """One code (or, for ICD-10-CM, a ``C44*`` prefix or ``C00-C96`` category range)."""
 
     system: str = Field(description="an alias (snomed, icd10cm, loinc, ...) or the system URI")
-    code: str
-    display: str | None = None
+    code: str = Field(description="always quoted in YAML ('03', 'Z94.0')")
+    display: str | None = Field(default=None, description="shown in evidence when the record has none")
     strength: str | None = Field(
         default=None, description="per-unit strength of a clinical drug, e.g. '5 mg' (UCUM)"
     )
@@ -60,16 +60,16 @@ class CodeEntry(Strict):
 class ValueSet(Strict):
     """A named list of codes across code systems, with where the codes came from."""
 
-    id: Slug
+    id: Slug = Field(description="the file name without .yaml; rules name the set by it")
     title: str = Field(min_length=1, description="a clinician's name for it, used in reasons")
-    sources: list[str] = Field(min_length=1)
+    sources: list[str] = Field(min_length=1, description="where the codes came from")
     intent: str | None = Field(
         default=None, description="the definition the codes enumerate, e.g. '<< 363346000' or 'C50.x'"
     )
     url: str | None = Field(default=None, description="canonical URL (FHIR ValueSet.url)")
     version: str | None = Field(default=None, description="the published version the codes came from")
     include: list[Slug] = Field(default_factory=list, description="other value sets merged in")
-    codes: list[CodeEntry] = Field(default_factory=list)
+    codes: list[CodeEntry] = Field(default_factory=list, description="the codes")
 
     @model_validator(mode="after")
     def _not_empty(self) -> ValueSet:
