@@ -32,6 +32,7 @@ from cds_service.errors import (
 from cds_service.fhir.queries import prefetch_templates
 from cds_service.hooks.auth import EhrAuthenticator, JwksCache, JwtPolicy
 from cds_service.hooks.service import CLEANUP_KEY, HookDeps, build_hooks_router, request_schemas
+from cds_service.portfolio import load_portfolio
 from cds_service.settings import Settings, get_settings
 from cds_service.smart.router import build_smart_router
 from cds_service.store import FeedbackStore
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         templates=prefetch_templates(catalog),
         authenticator=authenticator,
         store=store,
+        portfolio=load_portfolio(settings.portfolio, catalog),
     )
 
     app = FastAPI(title="cds_service: clinical trial eligibility", version=__version__)

@@ -11,7 +11,6 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -21,9 +20,10 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from cds_service import gcpause
-from cds_service.cards import render_cards
+from cds_service.cards import CardContext, render_cards
 from cds_service.engine.evaluate import evaluate
 from cds_service.engine.loader import Catalog
+from cds_service.engine.time import today_in
 from cds_service.errors import InvalidInput, Unauthorized
 from cds_service.hooks.auth import EhrAuthenticator
 from cds_service.hooks.models import (
@@ -34,6 +34,7 @@ from cds_service.hooks.models import (
     ServiceDefinition,
 )
 from cds_service.hooks.prefetch import gather
+from cds_service.portfolio import Portfolio
 from cds_service.record import build_record
 from cds_service.settings import Settings
 from cds_service.store import FeedbackStore
@@ -62,6 +63,7 @@ class HookDeps:
     templates: Mapping[str, str]
     authenticator: EhrAuthenticator | None
     store: FeedbackStore
+    portfolio: Portfolio
 
 
 def service_definition(catalog: Catalog, templates: Mapping[str, str]) -> ServiceDefinition:
@@ -149,13 +151,18 @@ def run_hook(
         keep.append(record)
     if record.patient.get("id") != hook.context.patientId:
         raise InvalidInput("the prefetched Patient is not context.patientId")
-    report = evaluate(deps.catalog, record, as_of=datetime.now(UTC).date())
-    cards = render_cards(
-        report.trials,
+    tz = deps.settings.tz()
+    today = today_in(tz)
+    report = evaluate(deps.catalog, record, as_of=today, tz=tz, trial_ids=deps.portfolio.for_clinicians())
+    context = CardContext(
         trials=dict(deps.catalog.trials),
-        show_not_eligible=deps.settings.show_not_eligible,
+        portfolio=deps.portfolio,
         smart_launch_url=f"{base_url}/smart/launch",
+        patient_id=hook.context.patientId,
+        user_id=hook.context.userId,
+        today=today,
     )
+    cards = render_cards(report.trials, context=context, show_not_eligible=deps.settings.show_not_eligible)
     statuses = ",".join(f"{t.trial}={t.status}" for t in report.trials)
     log.info(
         "hook %s: %d card(s) [%s] in %.0f ms",

@@ -95,7 +95,7 @@ def test_likely_eligible_patient_gets_one_card_that_follows_the_spec(client: Tes
     assert_no_nulls_or_empties(body)
     (card,) = body["cards"]
     assert len(card["summary"]) < 140
-    assert card["summary"].startswith("Likely eligible: NCT06888960 (CC312 in SLE)")
+    assert card["summary"] == "Likely eligible: CC312 in SLE (NCT06888960)"
     assert card["indicator"] in ("info", "warning", "critical")
     assert card["source"]["label"] and card["source"]["url"].startswith("https://clinicaltrials.gov/")
     uuid.UUID(card["uuid"])
@@ -108,7 +108,11 @@ def test_likely_eligible_patient_gets_one_card_that_follows_the_spec(client: Tes
     report = card["extension"]["org.cds-service.trial-eligibility"]
     assert report["trial"] == "NCT06888960" and report["status"] == "likely-eligible"
     assert {c["id"] for c in report["criteria"]} >= {"adult", "sle-diagnosis", "tuberculosis"}
-    assert "**To review**" in card["detail"] and "**In the patient's favour**" in card["detail"]
+    assert "**Candidate because:**" in card["detail"] and "**To review (" in card["detail"]
+    assert "**Study team:**" in card["detail"] and "Mapping v2.0" in card["detail"]
+    (suggestion,) = card["suggestions"]
+    assert suggestion["label"] == "Refer to the study team" and card["selectionBehavior"] == "at-most-one"
+    assert suggestion["actions"][0]["resource"]["resourceType"] == "ServiceRequest"
 
 
 def test_needs_review_card_counts_the_items_to_review(client: TestClient) -> None:
@@ -116,7 +120,7 @@ def test_needs_review_card_counts_the_items_to_review(client: TestClient) -> Non
     (card,) = client.post(SERVICE, json=hook_request(bundle, client)).json()["cards"]
     report = card["extension"]["org.cds-service.trial-eligibility"]
     unknown = sum(1 for c in report["criteria"] if c["result"] == "unknown")
-    assert card["summary"] == f"Possible candidate: NCT06888960 (CC312 in SLE) – {unknown} items to review"
+    assert card["summary"] == f"Needs review: CC312 in SLE (NCT06888960) – {unknown} items to check"
 
 
 def test_not_eligible_patient_gets_no_card_by_default(client: TestClient) -> None:
@@ -131,7 +135,8 @@ def test_not_eligible_cards_shown_when_configured(tmp_path: Path) -> None:
     )
     with TestClient(create_app(settings)) as client:
         (card,) = client.post(SERVICE, json=hook_request(LIZ, client)).json()["cards"]
-    assert card["summary"].startswith("Not eligible: NCT06888960")
+    assert card["summary"].startswith("Not eligible: CC312 in SLE (NCT06888960) – ")
+    assert "sle-diagnosis" not in card["summary"]  # a clinician's words, never an internal id
 
 
 def test_null_prefetch_means_no_data_and_is_not_refetched(client: TestClient) -> None:

@@ -20,6 +20,11 @@ class Criterion(Strict):
 
     id: Slug = Field(description="unique in the trial; ids and order follow the specification")
     kind: Literal["inclusion", "exclusion"]
+    label: str | None = Field(
+        default=None,
+        max_length=60,
+        description="a clinician's short name for it, for cards ('SLE diagnosis')",
+    )
     text: str = Field(min_length=1, description="the protocol's own wording")
     manual: bool = Field(default=False, description="needs a human; a rule may still decide 'met'")
     rule: Rule | None = None
