@@ -52,12 +52,16 @@ fi
 
 step "wheels (the project's and its dependencies') into build/wheels/"
 rm -rf build/wheels
-"$python" -m pip wheel --quiet --wheel-dir build/wheels . 2> >(grep -v "^WARNING: Location" >&2)
+"$python" -m pip wheel --quiet --wheel-dir build/wheels ".[postgresql]" 2> >(grep -v "^WARNING: Location" >&2)
 ls build/wheels/cds_service-"$version"-*.whl >/dev/null
 
 step "podman build $image"
 old=$(image_id "$image")
-podman build --quiet --isolation=chroot --format docker --layers=false \
-    --build-arg "BASE_IMAGE=$base" -f deployment/Containerfile -t "$image" . >/dev/null
+if ! podman build --isolation=chroot --format docker --layers=false \
+    --build-arg "BASE_IMAGE=$base" -f deployment/Containerfile -t "$image" . >build/image-build.log 2>&1; then
+    tail -40 build/image-build.log >&2
+    echo "build-image: podman build failed (whole log: build/image-build.log)" >&2
+    exit 1
+fi
 drop_if_untagged "$old"
 step "built $image ($(podman image inspect --format '{{.Size}}' "$image" | awk '{printf "%.0f MB", $1/1e6}'))"

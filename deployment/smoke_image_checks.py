@@ -132,6 +132,10 @@ def check_commands(root: Path, env: dict[str, str], workdir: str) -> None:
         done = subprocess.run(in_image(root, env, workdir, argv), capture_output=True, text=True, timeout=120)
         if done.returncode != 0 or not json.loads(done.stdout)["trials"]:
             fail(f"evaluate {patient.name}: {done.returncode} {done.stderr[-300:]}")
+    argv = ["python", "-c", "import psycopg; print(psycopg.pq.version())"]
+    done = subprocess.run(in_image(root, env, workdir, argv), capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        fail(f"the PostgreSQL driver does not load: {done.stderr[-500:]}")
     done = subprocess.run(
         in_image(root, env, workdir, ["/bin/sh", "-c", "echo x > /opt/cds-service/x"]),
         capture_output=True,
@@ -140,7 +144,7 @@ def check_commands(root: Path, env: dict[str, str], workdir: str) -> None:
     )
     if done.returncode == 0 or "Read-only file system" not in done.stderr:
         fail(f"the root file system was writable: {done.returncode} {done.stderr}")
-    print("smoke-image: check-mappings, evaluate (tests/data/synthea), read-only root: ok")
+    print("smoke-image: check-mappings, evaluate (tests/data/synthea), PostgreSQL driver, read-only root: ok")
 
 
 def stop(server: subprocess.Popen[bytes], log: Path) -> None:
