@@ -14,6 +14,8 @@ cleanup() {
 trap cleanup EXIT
 quiet_pip() { "$@" 2> >(grep -v "^WARNING: Location" >&2); }
 
+# setuptools builds in build/ of the tree: a stale build/lib would put deleted files in the wheel.
+rm -rf "$repo/build/lib" "$repo"/build/bdist.*
 quiet_pip "$repo/.venv/bin/pip" wheel --quiet --no-deps --wheel-dir "$work/dist" "$repo"
 python3 -m venv "$work/venv"
 quiet_pip "$work/venv/bin/pip" install --quiet "$work"/dist/cds_service-*.whl

@@ -51,7 +51,7 @@ if $fresh_base || [[ -z "$(image_id "$base")" ]]; then
 fi
 
 step "wheels (the project's and its dependencies') into build/wheels/"
-rm -rf build/wheels
+rm -rf build/wheels build/lib build/bdist.*   # a stale build/lib would leak into the wheel
 "$python" -m pip wheel --quiet --wheel-dir build/wheels ".[postgresql]" 2> >(grep -v "^WARNING: Location" >&2)
 ls build/wheels/cds_service-"$version"-*.whl >/dev/null
 
