@@ -30,8 +30,18 @@ BASE = K8S / "base"
 PRODUCTION = K8S / "overlays" / "production"
 # The oldest Kubernetes the manifests promise to work on, and the newest the validator knows.
 VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
-# CDS_ENV (production mode) arrives with the hardening of issue 10; every other key is a setting.
-SETTINGS = {f"CDS_{name.upper()}" for name in Settings.model_fields} | {"CDS_ENV"}
+# Settings the operations work of issue 10 adds (production mode, JSON logs, /metrics token, audit,
+# keys, graceful shutdown); once cds_service.settings has them this set changes nothing.
+ARRIVING = {
+    "CDS_ENV",
+    "CDS_LOG_FORMAT",
+    "CDS_METRICS_TOKEN",
+    "CDS_PSEUDONYM_KEY",
+    "CDS_SESSION_KEY",
+    "CDS_AUDIT_RETENTION_DAYS",
+    "CDS_SHUTDOWN_GRACE_SECONDS",
+}
+SETTINGS = {f"CDS_{name.upper()}" for name in Settings.model_fields} | ARRIVING
 Manifest = dict[str, Any]
 
 
@@ -147,9 +157,27 @@ def test_site_settings_are_real_settings_with_production_values(directory: Path)
 
 def test_only_a_placeholder_secret_is_committed_and_production_deploys_none() -> None:
     (secret,) = [doc for doc in render(BASE) if doc["kind"] == "Secret"]
-    assert secret["stringData"]["CDS_SMART_CLIENT_SECRET"] == "placeholder-not-a-secret"
-    assert set(secret["stringData"]) <= SETTINGS
+    values = dict(secret["stringData"])
+    assert set(values) <= SETTINGS
+    assert values.pop("CDS_FEEDBACK_DB_URL").startswith("sqlite:////var/lib/cds-service/")
+    # Placeholders only, and too short for a key production accepts (16+ characters).
+    assert set(values) == {
+        "CDS_SESSION_KEY",
+        "CDS_PSEUDONYM_KEY",
+        "CDS_METRICS_TOKEN",
+        "CDS_SMART_CLIENT_SECRET",
+    }
+    assert set(values.values()) == {"CHANGE-ME"}
     assert not [doc for doc in render(PRODUCTION) if doc["kind"] == "Secret"]
+
+
+@pytest.mark.parametrize("directory", [BASE, PRODUCTION], ids=["base", "production"])
+def test_the_pod_has_time_to_drain_before_it_is_killed(directory: Path) -> None:
+    pod = one(directory, "Deployment")["spec"]["template"]["spec"]
+    pre_stop = container(directory)["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "/bin/sleep"
+    grace = int(one(directory, "ConfigMap")["data"]["CDS_SHUTDOWN_GRACE_SECONDS"])
+    assert pod["terminationGracePeriodSeconds"] > int(pre_stop[1]) + grace
 
 
 def _egress_rules(directory: Path) -> list[Manifest]:
