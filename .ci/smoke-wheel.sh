@@ -24,7 +24,8 @@ cli="$work/venv/bin/cds-service"
 mkdir "$work/elsewhere" && cd "$work/elsewhere"
 "$cli" check-mappings
 for patient in "$repo"/tests/data/synthea/*.json; do
-    "$cli" evaluate "$patient" --as-of 2026-06-01 | grep -q "^NCT06888960  " \
+    "$cli" evaluate "$patient" --as-of 2026-06-01 >"$work/report.txt"   # not into grep -q: it may close the pipe early
+    grep -q "^NCT06888960  " "$work/report.txt" \
         || { echo "smoke-wheel: evaluate $patient printed no NCT06888960 line" >&2; exit 1; }
 done
 echo "smoke-wheel: evaluate: $(ls "$repo"/tests/data/synthea/*.json | wc -l) patients"
