@@ -14,6 +14,7 @@ evaluated once per patient.
 
 from __future__ import annotations
 
+import importlib.resources
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,21 @@ from cds_service.engine.model.rules import RuleModel
 from cds_service.engine.valuesets import CodeIndex, CompiledValueSet, build_index, compile_valuesets
 from cds_service.errors import MappingError
 
-DEFAULT_MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
+
+def _packaged_mappings() -> Path:
+    """Where the trial mappings shipped with this install are.
+
+    An installed wheel carries them as package data, ``cds_service/mappings/`` (pyproject.toml maps
+    the repository's top-level ``mappings/`` there). A source checkout or an editable install has no
+    such folder inside the package: there they are the repository's own ``mappings/``.
+    """
+    packaged = importlib.resources.files("cds_service") / "mappings"
+    if isinstance(packaged, Path) and packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "mappings"
+
+
+DEFAULT_MAPPINGS = _packaged_mappings()
 
 
 @dataclass(frozen=True)
