@@ -3,7 +3,7 @@ site, onset window and episode counts."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cds_service.engine.context import Context
 from cds_service.engine.facts import (
@@ -67,6 +67,7 @@ def evaluate_condition(rule: ConditionRule, ctx: Context) -> Finding:
         known = {id(r) for r in pool}
         pool += [r for r in ctx.valued(rule.valueset) if id(r) not in known]
     hits: list[Hit] = []
+    mismatched: list[Hit] = []  # the diagnosis is there, with another stage, severity or site
     for resource in pool:
         if not status_counts(resource):
             continue
@@ -75,6 +76,8 @@ def evaluate_condition(rule: ConditionRule, ctx: Context) -> Finding:
         hit = _judge(resource, rule, ctx)
         if hit.verdict != "fails":
             hits.append(hit)
+        elif hit.why == QUALIFIER_MISMATCH:
+            mismatched.append(hit)
     found = [h for h in hits if h.verdict == "meets"]
     unsure = [h for h in hits if h.verdict == "unsure"]
     if found and distinct_days([h.day for h in found]) >= rule.min_count:
@@ -85,7 +88,18 @@ def evaluate_condition(rule: ConditionRule, ctx: Context) -> Finding:
         count = distinct_days([h.day for h in found])
         reason = f"{count} of the {rule.min_count} episodes needed: " + _describe(found, ctx)
         return Finding("absent", reason, _proofs(found))
+    if mismatched:
+        detail = _describe([replace(h, why="") for h in mismatched], ctx)
+        needs = "; ".join(
+            f"{name.replace('_', ' ')} {ctx.valueset(getattr(rule, name)).title}"
+            for name, _ in _QUALIFIERS
+            if getattr(rule, name) is not None
+        )
+        return Finding("absent", f"{detail} (the criterion needs {needs})", _proofs(mismatched))
     return Finding("absent", f"no {_scope_text(rule, valueset.title)}")
+
+
+QUALIFIER_MISMATCH = "qualifier"
 
 
 def _judge(resource: Resource, rule: ConditionRule, ctx: Context) -> Hit:
@@ -104,7 +118,7 @@ def _judge(resource: Resource, rule: ConditionRule, ctx: Context) -> Hit:
         qualified, detail = qualifier
         label = f"{label}, {detail}"
         if qualified is False:
-            return Hit(resource, "fails", label, day)
+            return Hit(resource, "fails", label, day, why=QUALIFIER_MISMATCH)
         if qualified is None:
             verdict = "unsure"
     for check in (_onset_inside, _onset_long_enough):

@@ -202,8 +202,11 @@ def judge_threshold(
     if threshold.relative_to is not None:
         return _judge_relative(value, number, unit, shown, threshold)
     target = threshold.unit or "1"
-    if not unit and target not in ("1", "%"):
-        return Reading("unsure", shown, f"no unit given (needs {target})")
+    if not unit:
+        unitless = _unitless(number, threshold)
+        if isinstance(unitless, Reading):
+            return Reading(unitless.verdict, shown, unitless.why)
+        unit = unitless
     converted = convert(number, from_unit=unit or "1", to_unit=target, molar_mass=molar_mass)
     if converted is None:
         return Reading("unsure", shown, f"unit {unit!r} cannot be compared with {target}")
@@ -212,6 +215,24 @@ def judge_threshold(
         shown += f" (= {format_number(converted)} {threshold.unit})"
     verdict = compare(converted, value.comparator, threshold.op, threshold.value)
     return Reading(verdict, shown, "the reported range straddles the limit")
+
+
+def _unitless(number: float, threshold: Threshold) -> str | Reading:
+    """The unit a number sent without one stands in, or why it cannot be told.
+
+    A score (a threshold without a unit) is compared as it is. A percentage threshold reads a bare
+    number above 1 as that many percent (LVEF 55); a bare number up to 1 could be a fraction or a
+    percentage, so it cannot decide. A fraction threshold (a unitless limit ≤ 1, FEV1/FVC 0.70)
+    cannot tell a bare number above 1 (probably a percentage) either. Any other unit: not given.
+    """
+    target = threshold.unit or "1"
+    if target == "%":
+        return "%" if number > 1 else Reading("unsure", "", "no unit given: a fraction or a percentage?")
+    if target == "1":
+        if 0 < threshold.value < 1 < number:
+            return Reading("unsure", "", "no unit given: a percentage against a fraction limit?")
+        return "1"
+    return Reading("unsure", "", f"no unit given (needs {target})")
 
 
 def _judge_relative(value: Value, number: float, unit: str, shown: str, threshold: Threshold) -> Reading:
