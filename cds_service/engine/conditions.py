@@ -16,7 +16,6 @@ from cds_service.engine.facts import (
     first_code,
     latest_first,
     more,
-    observation_day,
     period_end,
     period_start,
     status_counts,
@@ -218,7 +217,8 @@ def _judge_finding(resource: Resource, rule: ConditionRule, ctx: Context) -> Hit
     value = resource.get("valueCodeableConcept")
     concept = value if valueset.matching_coding(codings(value)) else resource.get("code")
     label = concept_label(concept, valueset)
-    day = observation_day(resource, ctx.tz)
+    when = ctx.when(resource)
+    day = when.day if when else None
     if day is None or day.first > ctx.as_of or rule.when == "current":
         return Hit(resource, "fails", label, day)  # a finding is an event, never "current"
     start = rule.window.start(ctx.as_of) if rule.window else None
