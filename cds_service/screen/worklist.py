@@ -1,0 +1,174 @@
+"""worklist.html: the study coordinator's page, one self-contained file opened from disk.
+
+Per trial: likely-eligible, then needs-review candidates, each with the criteria that rule them in
+and those left to review, with the evidence dates; columns sort on a click, a filter box narrows
+every table. Inline CSS and JS only (no external asset), allowed by a Content-Security-Policy that
+names their hashes, so nothing else could run even if a value slipped through; and every value is
+HTML-escaped, since it comes from patient data.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from html import escape
+from pathlib import Path
+from typing import Any, TextIO
+
+from .patient import CANDIDATE_STATUSES, ELIGIBLE, NOT_ELIGIBLE, REVIEW
+
+_LABEL = {ELIGIBLE: "likely eligible", REVIEW: "needs review", NOT_ELIGIBLE: "not eligible"}
+
+_CSS = """
+:root{--ink:#1d2430;--muted:#5b6473;--line:#d9dee6;--ok:#1f6f43;--okbg:#e3f3e9;--rv:#7a4d00;--rvbg:#fdf0d5}
+*{box-sizing:border-box}body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;color:var(--ink);
+margin:0;padding:1.2rem 2rem 3rem;background:#fff}h1{font-size:1.5rem;margin:0 0 .2rem}
+h2{font-size:1.15rem;margin:2rem 0 .2rem}.meta,.counts{color:var(--muted);margin:.1rem 0}
+.note{background:#f4f6f9;border-left:3px solid #8a94a6;padding:.5rem .8rem;max-width:60rem}
+.tools{position:sticky;top:0;background:#fff;padding:.6rem 0;border-bottom:1px solid var(--line);z-index:1}
+.tools input{font:inherit;padding:.35rem .5rem;width:24rem;max-width:100%;border:1px solid #aab2bf;border-radius:4px}
+#shown{color:var(--muted);margin-left:.8rem}nav a{margin-right:1rem}
+table{border-collapse:collapse;width:100%;margin-top:.6rem}th,td{text-align:left;vertical-align:top;
+padding:.4rem .5rem;border-bottom:1px solid var(--line)}th{background:#f4f6f9;cursor:pointer;white-space:nowrap;
+user-select:none}th[aria-sort=ascending]::after{content:" ▲"}th[aria-sort=descending]::after{content:" ▼"}
+td.num{text-align:right;font-variant-numeric:tabular-nums}td.id{font-family:ui-monospace,monospace;
+word-break:break-all}ul{margin:0;padding-left:1rem}li{margin:.1rem 0}time{color:var(--muted);white-space:nowrap}
+.badge{display:inline-block;padding:.05rem .45rem;border-radius:999px;font-size:.85em;white-space:nowrap}
+.likely-eligible{background:var(--okbg);color:var(--ok)}.needs-review{background:var(--rvbg);color:var(--rv)}
+.manual{color:var(--muted);font-size:.9em}.empty{color:var(--muted);font-style:italic}
+@media print{.tools{position:static}th{cursor:auto}}
+"""
+
+_JS = """
+(function(){
+  function key(cell, type){
+    var v = cell.getAttribute('data-sort'); if (v === null) v = cell.textContent.trim();
+    if (type === 'num') { var n = parseFloat(v); return isNaN(n) ? -Infinity : n; }
+    return v.toLowerCase();
+  }
+  document.querySelectorAll('table.worklist').forEach(function(table){
+    var heads = table.querySelectorAll('thead th');
+    heads.forEach(function(th, col){
+      th.tabIndex = 0;
+      function sort(){
+        var asc = th.getAttribute('aria-sort') !== 'ascending';
+        heads.forEach(function(h){ h.removeAttribute('aria-sort'); });
+        th.setAttribute('aria-sort', asc ? 'ascending' : 'descending');
+        var type = th.getAttribute('data-type') || 'text';
+        var body = table.tBodies[0];
+        var rows = Array.prototype.slice.call(body.rows);
+        rows.forEach(function(r, i){ r._i = i; });
+        rows.sort(function(a, b){
+          var x = key(a.cells[col], type), y = key(b.cells[col], type);
+          if (x < y) return asc ? -1 : 1; if (x > y) return asc ? 1 : -1; return a._i - b._i;
+        });
+        rows.forEach(function(r){ body.appendChild(r); });
+      }
+      th.addEventListener('click', sort);
+      th.addEventListener('keydown', function(e){ if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); sort(); } });
+    });
+  });
+  var input = document.getElementById('filter'), shown = document.getElementById('shown');
+  function filter(){
+    var terms = input.value.toLowerCase().split(/\\s+/).filter(Boolean), visible = 0, total = 0;
+    document.querySelectorAll('table.worklist tbody tr').forEach(function(row){
+      var text = row.textContent.toLowerCase();
+      var ok = terms.every(function(t){ return text.indexOf(t) >= 0; });
+      row.hidden = !ok; total++; if (ok) visible++;
+    });
+    shown.textContent = visible + ' of ' + total + ' candidates shown';
+  }
+  input.addEventListener('input', filter); filter();
+})();
+"""
+
+
+def _hash(text: str) -> str:
+    return "sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
+
+
+def _reasons(items: Sequence[Mapping[str, Any]]) -> str:
+    if not items:
+        return '<span class="empty">none</span>'
+    out = []
+    for item in items:
+        manual = ' <span class="manual">(manual)</span>' if item.get("manual") else ""
+        dates = "".join(f" <time>{escape(d)}</time>" for d in item.get("dates", ()))
+        reason = escape(str(item.get("reason", "")))
+        out.append(f"<li><b>{escape(str(item.get('id', '')))}</b>{manual}: {reason}{dates}</li>")
+    return "<ul>" + "".join(out) + "</ul>"
+
+
+def _row(item: Mapping[str, Any]) -> str:
+    status = str(item.get("status", ""))
+    order = CANDIDATE_STATUSES.index(status) if status in CANDIDATE_STATUSES else 9
+    latest = escape(str(item.get("latest", "")))
+    return (
+        f'<tr data-status="{escape(status)}"><td class="id">{escape(str(item.get("patient", "")))}</td>'
+        f'<td data-sort="{order}"><span class="badge {escape(status)}">{escape(_LABEL.get(status, status))}'
+        f'</span></td><td class="num">{int(item.get("met", 0))}</td>'
+        f'<td class="num">{int(item.get("review_count", 0))}</td>'
+        f'<td data-sort="{latest}">{latest or "—"}</td>'
+        f"<td>{_reasons(item.get('rule_in', ()))}</td><td>{_reasons(item.get('review', ()))}</td></tr>\n"
+    )
+
+
+_HEAD = (
+    '<thead><tr><th data-type="text">Patient</th><th data-type="num">Status</th>'
+    '<th data-type="num">Met</th><th data-type="num">To review</th><th data-type="text">Latest evidence</th>'
+    '<th data-type="text">Rules in</th><th data-type="text">Left to review</th></tr></thead>'
+)
+
+
+def write_worklist(
+    path: Path,
+    *,
+    as_of: str,
+    trials: Sequence[tuple[str, str]],
+    counts: Mapping[str, Mapping[str, int]],
+    patients: int,
+    candidates: Callable[[str, str], Iterable[Mapping[str, Any]]],
+) -> None:
+    """Write the page, streaming each trial's candidates (``candidates(trial, status)``) in order."""
+    with open(path, "w", encoding="utf-8") as f:
+        _write(f, as_of=as_of, trials=trials, counts=counts, patients=patients, candidates=candidates)
+
+
+def _write(
+    f: TextIO,
+    *,
+    as_of: str,
+    trials: Sequence[tuple[str, str]],
+    counts: Mapping[str, Mapping[str, int]],
+    patients: int,
+    candidates: Callable[[str, str], Iterable[Mapping[str, Any]]],
+) -> None:
+    csp = f"default-src 'none'; style-src '{_hash(_CSS)}'; script-src '{_hash(_JS)}'"
+    f.write(
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{csp}">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>Pre-screening worklist, as of {escape(as_of)}</title><style>{_CSS}</style></head><body>\n"
+        f'<h1>Pre-screening worklist</h1><p class="meta">As of {escape(as_of)} · {patients:,} patients '
+        'screened</p><p class="note">An automated pre-screen of coded data: each candidate below still '
+        "needs the study team's review of the record and of the criteria left to review. Not-eligible "
+        'patients are counted, not listed.</p>\n<div class="tools"><label>Filter '
+        '<input id="filter" type="search" placeholder="patient id, criterion, reason…" '
+        'autocomplete="off"></label><span id="shown"></span></div>\n<nav>'
+    )
+    for trial, _ in trials:
+        f.write(f'<a href="#trial-{escape(trial)}">{escape(trial)}</a>')
+    f.write("</nav>\n")
+    for trial, title in trials:
+        by_status = counts.get(trial, {})
+        summary = " · ".join(f"{by_status.get(s, 0):,} {_LABEL[s]}" for s in (ELIGIBLE, REVIEW, NOT_ELIGIBLE))
+        f.write(
+            f'<section id="trial-{escape(trial)}"><h2>{escape(trial)} — {escape(title)}</h2>'
+            f'<p class="counts">{summary}</p><table class="worklist">{_HEAD}<tbody>\n'
+        )
+        for status in CANDIDATE_STATUSES:
+            for item in candidates(trial, status):
+                f.write(_row(item))
+        f.write("</tbody></table></section>\n")
+    f.write(f"<script>{_JS}</script></body></html>\n")
