@@ -11,14 +11,14 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.sharedctypes
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
 
 from cds_service.engine.loader import Catalog, load_catalog
 
 from .outputs import PartWriter
-from .patient import screen_patient
+from .patient import Outcome, screen_patient
 from .plan import EngineResult, Plan
 from .progress import Progress
 from .shards import has_medications, join_medications, patient_lines, write_chunk
@@ -43,15 +43,22 @@ def _join(plan: Plan, shard: int) -> Tally:
     return join_medications(plan.work, shard, plan.shards)
 
 
-def evaluate_shard(
-    catalog: Catalog, plan: Plan, shard: int, groups: Iterable[tuple[str, Any]], tick: Callable[[], None]
+def evaluate_groups(
+    catalog: Catalog, plan: Plan, groups: Iterable[tuple[str, Any]]
+) -> Iterator[Outcome]:
+    """Each patient group of a shard, evaluated (both engines run this on their workers)."""
+    for pid, lines in groups:
+        yield screen_patient(catalog, pid, lines, as_of=plan.as_of, trial_ids=plan.trial_ids)
+
+
+def write_shard(
+    plan: Plan, shard: int, outcomes: Iterable[Outcome], tick: Callable[[], None]
 ) -> tuple[Tally, dict[str, dict[str, int]], int]:
-    """Evaluate each patient group of a shard into its output parts (both engines call this)."""
+    """A shard's outcomes into its output parts; patients that could not be evaluated are tallied."""
     tally = Tally()
     writer = PartWriter(plan.parts, shard, parquet=plan.parquet)
     try:
-        for pid, lines in groups:
-            outcome = screen_patient(catalog, pid, lines, as_of=plan.as_of, trial_ids=plan.trial_ids)
+        for outcome in outcomes:
             if outcome.error is not None and outcome.error_origin is not None:
                 tally.skip(outcome.error_reason, outcome.error_origin, detail=outcome.error)
             writer.add(outcome)
@@ -68,7 +75,7 @@ def _evaluate(plan: Plan, shard: int) -> tuple[Tally, dict[str, dict[str, int]],
         with _done.get_lock():
             _done.value += 1
 
-    return evaluate_shard(_catalog, plan, shard, patient_lines(plan.work, shard), tick)
+    return write_shard(plan, shard, evaluate_groups(_catalog, plan, patient_lines(plan.work, shard)), tick)
 
 
 def run_local(plan: Plan, *, workers: int, progress: Callable[[str, int, str], Progress]) -> EngineResult:
@@ -89,12 +96,12 @@ def run_local(plan: Plan, *, workers: int, progress: Callable[[str, int, str], P
     ) as pool:
         total_bytes = sum(f.size for f in plan.files)
         bar = progress("reading", total_bytes, "B")
-        read = 0
-        for result in _drain(pool, _read, plan, range(len(plan.chunks)), bar, lambda: read):
-            chunk_tally, covered = result
+        covered = [0]
+        for chunk_tally, chunk_bytes in _drain(
+            pool, _read, plan, range(len(plan.chunks)), bar, lambda: covered[0]
+        ):
             tally.merge(chunk_tally)
-            read += covered
-            bar.update(read)
+            covered[0] += chunk_bytes
         bar.finish()
         if has_medications(plan.work):
             for result in _drain(pool, _join, plan, range(plan.shards), None, lambda: 0):
