@@ -14,6 +14,7 @@ from .source import Chunk, SourceFile, Tally, plan
 
 MIB = 1 << 20
 DEFAULT_SHARD_BYTES = 32 * MIB
+MIN_SHARDS = 8
 MIN_CHUNK, MAX_CHUNK = 4 * MIB, 256 * MIB
 
 
@@ -46,7 +47,7 @@ def make_plan(
     """Chunks sized so each worker gets several; shards sized so one fits in a worker's memory."""
     total = sum(f.estimated_bytes for f in files)
     chunk = min(max(total // max(workers * 8, 1), MIN_CHUNK), MAX_CHUNK)
-    shards = max(workers * 2, math.ceil(total / shard_bytes), 1)
+    shards = max(MIN_SHARDS, math.ceil(total / shard_bytes))  # not by workers: same files either way
     return Plan(
         files=files,
         chunks=plan(files, chunk_bytes=chunk),

@@ -81,6 +81,7 @@ class Tally:
     examples: dict[tuple[str, str], list[tuple[Origin, str]]] = field(default_factory=dict)
     resources: dict[str, int] = field(default_factory=dict)
     lines: dict[int, int] = field(default_factory=dict)  # chunk index -> lines in it
+    medication_references: int = 0  # orders that name a Medication outside themselves
 
     def skip(self, reason: str, origin: Origin, *, rtype: str = "", detail: str = "") -> None:
         key = (reason, rtype)
@@ -100,6 +101,7 @@ class Tally:
         for rtype, count in other.resources.items():
             self.resources[rtype] = self.resources.get(rtype, 0) + count
         self.lines.update(other.lines)
+        self.medication_references += other.medication_references
 
 
 def scan(root: Path) -> tuple[list[SourceFile], list[str]]:
@@ -265,6 +267,7 @@ def _route(line: bytes, origin: Origin, needed: frozenset[str], tally: Tally) ->
     if rtype in MEDICATION_ORDERS:
         mid = medication_id(resource.get("medicationReference"))
         if mid is not None:
+            tally.medication_references += 1
             yield ("R", mid, pid, origin)
 
 

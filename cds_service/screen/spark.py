@@ -12,6 +12,7 @@ so both engines write identical files. Local mode (``local[N]``) unless ``spark.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -41,11 +42,13 @@ def spark_session(workers: int) -> tuple[Any, bool]:
     if active is not None:
         return active, False
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    logging.getLogger("py4j").setLevel(logging.WARNING)  # its DEBUG lines echo every command sent
     conf = SparkConf().setAppName("cds-service screen")
     if not conf.contains("spark.master"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # local mode stays on loopback
         conf.setMaster(f"local[{workers}]")
         conf.set("spark.driver.host", "127.0.0.1").set("spark.driver.bindAddress", "127.0.0.1")
-        conf.set("spark.ui.enabled", "false")
+        conf.set("spark.ui.enabled", "false").set("spark.locality.wait", "0")
     conf.set("spark.ui.showConsoleProgress", "false")
     try:
         session = SparkSession.builder.config(conf=conf).getOrCreate()
@@ -93,8 +96,8 @@ def _run(sc: Any, plan: Plan, progress: Callable[[str, int, str], Progress]) -> 
     shards = plan.shards
     bar = progress("reading", sum(f.size for f in plan.files), "B")
     chunks = len(plan.chunks)
-    # Each Python task costs a fixed ~0.3 s here: a few partitions per core, not one per chunk.
-    slices = max(1, min(chunks, sc.defaultParallelism * 4))
+    # Each Python task costs a fixed ~0.1-0.3 s in local mode: one read partition per core.
+    slices = max(1, min(chunks, sc.defaultParallelism))
     events = sc.parallelize(range(chunks), slices).flatMap(lambda i: _events(plan, i))
     events.persist(StorageLevel.MEMORY_AND_DISK)
     tally = Tally()
@@ -102,33 +105,41 @@ def _run(sc: Any, plan: Plan, progress: Callable[[str, int, str], Progress]) -> 
         tally.merge(chunk_tally)
     bar.finish()
     by_patient = events.filter(lambda e: e[0] == "P").map(lambda e: (e[1], e[2]))
-    small = max(1, sc.defaultParallelism)
-    medications = events.filter(lambda e: e[0] == "M").map(lambda e: (e[1], e[2])).reduceByKey(_first, small)
+    if tally.medication_references:
+        found = _join_medications(events, tally, max(1, sc.defaultParallelism))
+        lines = by_patient.union(found)
+    else:
+        lines = by_patient
+    outcomes = (
+        lines.groupByKey(numPartitions=shards, partitionFunc=lambda pid: shard_of(pid, shards))
+        .mapPartitionsWithIndex(lambda shard, groups: _evaluate_partition(catalog, plan, shard, groups))
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
+    outcomes.count()  # every shard evaluated in parallel; then streamed to the driver in order
+    events.unpersist()
+    bar = progress("screening", tally.resources.get("Patient", 0), "patients")
+    return _write(plan, outcomes.toLocalIterator(prefetchPartitions=True), bar, tally)
+
+
+def _join_medications(events: Any, tally: Tally, partitions: int) -> Any:
+    """(patient, Medication line) for each order's Medication; the ones not in the export tallied."""
+    from pyspark import StorageLevel
+
+    medications = events.filter(lambda e: e[0] == "M").map(lambda e: (e[1], e[2])).reduceByKey(_first, partitions)
     references = events.filter(lambda e: e[0] == "R").map(lambda e: (e[1], e[2]))  # (mid, (pid, origin))
-    joined = references.leftOuterJoin(medications, small).persist(StorageLevel.MEMORY_AND_DISK)
+    joined = references.leftOuterJoin(medications, partitions).persist(StorageLevel.MEMORY_AND_DISK)
     missing = joined.filter(lambda kv: kv[1][1] is None).map(lambda kv: kv[1][0][1])
     missing_count = missing.count()
     if missing_count:
         key = (MISSING_MEDICATION, "Medication")
         tally.skipped[key] = missing_count
         tally.examples[key] = [(o, "") for o in missing.takeOrdered(EXAMPLES_PER_REASON)]
-    found = (
+    return (
         joined.filter(lambda kv: kv[1][1] is not None)
         .map(lambda kv: ((kv[1][0][0], kv[0]), kv[1][1]))
-        .reduceByKey(_first, small)
+        .reduceByKey(_first, partitions)
         .map(lambda kv: (kv[0][0], kv[1]))
     )
-    outcomes = (
-        by_patient.union(found)
-        .groupByKey(numPartitions=shards, partitionFunc=lambda pid: shard_of(pid, shards))
-        .mapPartitionsWithIndex(lambda shard, groups: _evaluate_partition(catalog, plan, shard, groups))
-        .persist(StorageLevel.MEMORY_AND_DISK)
-    )
-    outcomes.count()  # every shard evaluated in parallel; then streamed to the driver in order
-    events.unpersist()
-    joined.unpersist()
-    bar = progress("screening", tally.resources.get("Patient", 0), "patients")
-    return _write(plan, outcomes.toLocalIterator(prefetchPartitions=True), bar, tally)
 
 
 def _write(plan: Plan, stream: Iterator[tuple[int, Outcome]], bar: Progress, tally: Tally) -> EngineResult:

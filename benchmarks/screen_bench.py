@@ -1,0 +1,164 @@
+"""Population screen benchmark: patients per second against the parse floor, and peak memory.
+
+On a generated export (benchmarks/make_population.py; every packaged trial), in one run:
+
+- the parse floor: ``orjson.loads`` of every line of every file, cyclic GC off, in this process;
+- ``cds-service screen`` with the local engine, 1 and 2 workers, and with ``--engine spark``
+  (``local[2]``), each as a separate process: wall time, patients/s, and peak RSS of the whole
+  process tree (the screen, its workers or Spark's JVM), sampled from /proc every 0.1 s;
+- optionally (``--big N``) the local engine on a second, larger export, for peak RSS against size.
+
+Targets (reported, not enforced): local screen ≤ 3× the parse floor per core; 2 workers ≥ 1.7×
+one worker; Spark local mode within 1.5× of the local engine; the same peak RSS at 10,000 and
+50,000 patients.
+
+    .venv/bin/python benchmarks/screen_bench.py                      # 10,000 patients
+    .venv/bin/python benchmarks/screen_bench.py --big 50000          # and RSS at 50,000
+    .venv/bin/python benchmarks/screen_bench.py --patients 2000 --skip-spark
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import orjson
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.make_population import generate  # noqa: E402
+
+CLI = [sys.executable, "-m", "cds_service.cli"]
+AS_OF = "2026-06-01"
+
+
+def parse_floor(export: Path) -> tuple[float, int]:
+    """Seconds to orjson.loads every line (reading included), GC off; and the number of lines."""
+    lines = 0
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        for path in sorted(export.glob("*.ndjson")):
+            with open(path, "rb") as f:
+                for line in f:
+                    orjson.loads(line)
+                    lines += 1
+        return time.perf_counter() - start, lines
+    finally:
+        if was:
+            gc.enable()
+
+
+def _tree_rss(root: int) -> int:
+    """Resident bytes of a process and all its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        stack.extend(children.get(pid, ()))
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def run_screen(export: Path, out: Path, *extra: str) -> tuple[float, int, int]:
+    """Wall seconds, peak tree RSS (bytes) and exit code of one ``cds-service screen``."""
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [*CLI, "screen", str(export), "--out", str(out), "--as-of", AS_OF, *extra]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
+    peak = [0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], _tree_rss(proc.pid))
+            stop.wait(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, err = proc.communicate()
+    seconds = time.perf_counter() - start
+    stop.set()
+    sampler.join()
+    if proc.returncode != 0:
+        print(err.decode(errors="replace")[-2000:], file=sys.stderr)
+    return seconds, peak[0], proc.returncode
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patients", type=int, default=10_000)
+    parser.add_argument("--big", type=int, default=0, help="also peak RSS on an export of this size")
+    parser.add_argument("--work", type=Path, help="where exports and outputs go (default: a temp dir)")
+    parser.add_argument("--skip-spark", action="store_true")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    work = args.work or Path(tempfile.mkdtemp(prefix="screen-bench-"))
+    export = work / f"pop{args.patients}"
+    if not export.exists():
+        t = time.perf_counter()
+        generate(args.patients, export, seed=args.seed)
+        print(f"generated {args.patients:,} patients in {time.perf_counter() - t:.1f} s")
+    size = sum(p.stat().st_size for p in export.glob("*.ndjson"))
+    floor, lines = parse_floor(export)
+    print(f"export: {args.patients:,} patients, {lines:,} lines, {size / 1e6:,.0f} MB; every packaged trial")
+    print(f"parse floor (orjson.loads of every line, GC off): {floor:.2f} s\n")
+    runs: dict[str, tuple[float, int, int]] = {}
+    runs["local, 1 worker"] = run_screen(export, work / "out-1", "--workers", "1")
+    runs["local, 2 workers"] = run_screen(export, work / "out-2", "--workers", "2")
+    if not args.skip_spark:
+        runs["spark local[2]"] = run_screen(export, work / "out-spark", "--engine", "spark", "--workers", "2")
+    print("| run | wall s | patients/s | × parse floor (per core) | peak RSS MB | exit |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, (seconds, rss, code) in runs.items():
+        cores = 1 if "1 worker" in name else 2
+        ratio = seconds * cores / floor
+        print(
+            f"| {name} | {seconds:.1f} | {args.patients / seconds:,.0f} | {ratio:.2f} | {rss / 1e6:,.0f} | {code} |"
+        )
+    one, two = runs["local, 1 worker"][0], runs["local, 2 workers"][0]
+    print(f"\nlocal 1 worker / parse floor: {one / floor:.2f} (target ≤ 3)")
+    print(f"2 workers speed-up over 1: {one / two:.2f}× (target ≥ 1.7)")
+    if "spark local[2]" in runs:
+        print(f"spark local[2] / local 2 workers: {runs['spark local[2]'][0] / two:.2f} (target ≤ 1.5)")
+    same = (work / "out-1" / "results.csv").read_bytes() == (work / "out-2" / "results.csv").read_bytes()
+    print(f"results.csv identical for 1 and 2 workers: {same}")
+    if args.big:
+        big = work / f"pop{args.big}"
+        if not big.exists():
+            generate(args.big, big, seed=args.seed)
+        seconds, rss, code = run_screen(big, work / "out-big", "--workers", "2")
+        small_rss = runs["local, 2 workers"][1]
+        print(
+            f"\npeak RSS, local 2 workers: {small_rss / 1e6:,.0f} MB at {args.patients:,} patients, "
+            f"{rss / 1e6:,.0f} MB at {args.big:,} ({seconds:.1f} s, {args.big / seconds:,.0f} patients/s, exit {code})"
+        )
+    print(f"\nwork directory: {work}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
