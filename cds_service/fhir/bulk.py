@@ -294,15 +294,19 @@ class BulkClient:
         part.replace(dest)
         return size
 
-    def cancel(self, status_url: str) -> None:
-        """DELETE the export (cancel it, or release its files); best effort, within a short timeout."""
+    def cancel(self, status_url: str) -> int | None:
+        """DELETE the export (cancel it, or release its files); best effort, within a short timeout.
+
+        Returns the HTTP status (None when the server could not be reached).
+        """
         try:
             self.check_url(status_url)
             token = self.token() if self._token is not None else None
             headers = {"Authorization": f"Bearer {token}"} if token else {}
-            self.session.delete(status_url, headers=headers, timeout=(5, 10), allow_redirects=False).close()
+            with self.session.delete(status_url, headers=headers, timeout=(5, 10), allow_redirects=False) as resp:
+                return resp.status_code
         except (requests.RequestException, FhirError, InvalidInput):
-            pass
+            return None
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:

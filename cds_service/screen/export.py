@@ -144,15 +144,20 @@ def _export(client: BulkClient, state: _State, request: dict[str, Any], files_di
         try:
             manifest = client.poll(status_url, lambda p: _say(f"export: {p}"))
         except KeyboardInterrupt:
-            client.cancel(status_url)
+            status = client.cancel(status_url)
             state.data.pop("status_url", None)
             state.save()
-            _say("export cancelled on the server (DELETE)")
+            if status is not None and status < 300:
+                _say("export cancelled on the server (DELETE)")
+            else:
+                _say(f"interrupted; the server did not accept the cancel (DELETE: {status or 'no answer'})")
             raise
         state.data["manifest"] = manifest
         state.save()
     _download_all(client, state, manifest, files_dir, errors_dir, set(request["types"]))
-    client.cancel(state.data["status_url"])  # done with the server's copy
+    status = client.cancel(state.data["status_url"])  # done with the server's copy
+    if status is None or status >= 300:
+        _say(f"the server did not release the export's files (DELETE: {status or 'no answer'})")
     state.data["complete"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     state.save()
 
