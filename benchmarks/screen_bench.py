@@ -136,9 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, (seconds, rss, code) in runs.items():
         cores = 1 if "1 worker" in name else 2
         ratio = seconds * cores / floor
-        print(
-            f"| {name} | {seconds:.1f} | {args.patients / seconds:,.0f} | {ratio:.2f} | {rss / 1e6:,.0f} | {code} |"
-        )
+        rate = args.patients / seconds
+        print(f"| {name} | {seconds:.1f} | {rate:,.0f} | {ratio:.2f} | {rss / 1e6:,.0f} | {code} |")
     one, two = runs["local, 1 worker"][0], runs["local, 2 workers"][0]
     print(f"\nlocal 1 worker / parse floor: {one / floor:.2f} (target ≤ 3)")
     print(f"2 workers speed-up over 1: {one / two:.2f}× (target ≥ 1.7)")
@@ -154,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         small_rss = runs["local, 2 workers"][1]
         print(
             f"\npeak RSS, local 2 workers: {small_rss / 1e6:,.0f} MB at {args.patients:,} patients, "
-            f"{rss / 1e6:,.0f} MB at {args.big:,} ({seconds:.1f} s, {args.big / seconds:,.0f} patients/s, exit {code})"
+            f"{rss / 1e6:,.0f} MB at {args.big:,} ({seconds:.1f} s, {args.big / seconds:,.0f} patients/s,"
+            f" exit {code})"
         )
     print(f"\nwork directory: {work}")
     return 0

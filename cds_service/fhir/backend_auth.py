@@ -68,10 +68,11 @@ def load_client_key(path: Path, *, kid: str | None = None) -> ClientKey:
     except (ValueError, TypeError):
         raise InvalidInput(f"{path}: not an unencrypted PEM private key or a private JWK") from None
     alg = _alg(key)
+    public_key: Any = key.public_key()
     public = json.loads(
-        jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key())
+        jwt.algorithms.RSAAlgorithm.to_jwk(public_key)
         if alg == "RS384"
-        else jwt.algorithms.ECAlgorithm.to_jwk(key.public_key())
+        else jwt.algorithms.ECAlgorithm.to_jwk(public_key)
     )
     return ClientKey(key, alg, kid or thumbprint(public))
 
@@ -79,7 +80,7 @@ def load_client_key(path: Path, *, kid: str | None = None) -> ClientKey:
 def _from_jwk(path: Path, data: bytes, kid: str | None) -> ClientKey:
     try:
         doc = json.loads(data)
-        keys = doc["keys"] if "keys" in doc else [doc]
+        keys = doc.get("keys", [doc])
         private = [k for k in keys if "d" in k and (kid is None or k.get("kid") == kid)]
         if len(private) != 1:
             raise InvalidInput(f"{path}: expected exactly one private key{' with that kid' if kid else ''}")

@@ -124,7 +124,9 @@ class BulkClient:
     def remaining(self) -> float:
         left = self.settings.deadline - (self.clock() - self._started)
         if left <= 0:
-            raise FhirTimeout(f"the export did not finish within {self.settings.deadline:.0f} s; rerun to resume")
+            raise FhirTimeout(
+                f"the export did not finish within {self.settings.deadline:.0f} s; rerun to resume"
+            )
         return left
 
     def _timeout(self) -> tuple[float, float]:
@@ -155,8 +157,9 @@ class BulkClient:
         }
         resp = self._send("POST", token_url, data=form, headers={"Accept": "application/json"}, auth=False)
         if resp.status_code != 200:
+            text = outcome_text(resp.content)
             raise FhirUnauthorized(
-                f"the token endpoint refused the client: HTTP {resp.status_code}: {outcome_text(resp.content)}",
+                f"the token endpoint refused the client: HTTP {resp.status_code}: {text}",
                 status=resp.status_code,
             )
         try:
@@ -303,7 +306,9 @@ class BulkClient:
             self.check_url(status_url)
             token = self.token() if self._token is not None else None
             headers = {"Authorization": f"Bearer {token}"} if token else {}
-            with self.session.delete(status_url, headers=headers, timeout=(5, 10), allow_redirects=False) as resp:
+            with self.session.delete(
+                status_url, headers=headers, timeout=(5, 10), allow_redirects=False
+            ) as resp:
                 return resp.status_code
         except (requests.RequestException, FhirError, InvalidInput):
             return None

@@ -85,6 +85,7 @@ class _State:
 @contextmanager
 def _sigterm_interrupts() -> Iterator[None]:
     """SIGTERM behaves like Ctrl-C (so the export is cancelled), in the main thread only."""
+
     def handler(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
@@ -124,7 +125,9 @@ def run_export(args: argparse.Namespace, out: Path) -> tuple[Path, dict[str, Any
     return files_dir, {"export": _export_summary(state, errors_dir)}
 
 
-def _export(client: BulkClient, state: _State, request: dict[str, Any], files_dir: Path, errors_dir: Path) -> None:
+def _export(
+    client: BulkClient, state: _State, request: dict[str, Any], files_dir: Path, errors_dir: Path
+) -> None:
     manifest = state.data.get("manifest")
     if manifest is None:
         status_url = state.data.get("status_url")

@@ -43,9 +43,7 @@ def _join(plan: Plan, shard: int) -> Tally:
     return join_medications(plan.work, shard, plan.shards)
 
 
-def evaluate_groups(
-    catalog: Catalog, plan: Plan, groups: Iterable[tuple[str, Any]]
-) -> Iterator[Outcome]:
+def evaluate_groups(catalog: Catalog, plan: Plan, groups: Iterable[tuple[str, Any]]) -> Iterator[Outcome]:
     """Each patient group of a shard, evaluated (both engines run this on their workers)."""
     for pid, lines in groups:
         yield screen_patient(catalog, pid, lines, as_of=plan.as_of, trial_ids=plan.trial_ids)

@@ -59,6 +59,6 @@ def type_filters(catalog: Catalog) -> list[str]:
     filters = []
     for rtype, narrowed in sorted(by_type.items()):
         if narrowed is not None and len(narrowed) == 1:
-            ((name, values),) = narrowed.items()
-            filters.append(f"{rtype}?{name}={quote(','.join(sorted(values)), safe='|:/')}")
+            ((param, codes),) = narrowed.items()
+            filters.append(f"{rtype}?{param}={quote(','.join(sorted(codes)), safe='|:/')}")
     return filters

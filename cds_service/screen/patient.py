@@ -57,7 +57,9 @@ def screen_patient(
         bundle = {"resourceType": "Bundle", "type": "collection", "entry": list(map(_entry, resources))}
         try:
             record = build_record([bundle])
-            report = evaluate(catalog, record, as_of=as_of, trial_ids=trial_ids).to_json_dict()
+            report: dict[str, Any] = evaluate(
+                catalog, record, as_of=as_of, trial_ids=trial_ids
+            ).to_json_dict()
         except InvalidInput as exc:
             return Outcome(patient, error=str(exc), error_origin=_blame(str(exc), resources, lines))
         except Exception as exc:  # an engine bug must not stop a population run; it is reported

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 BAR = 28
@@ -41,7 +42,7 @@ class Progress:
         stream: TextIO | None = None,
         tty: bool | None = None,
         interval: float = 10.0,
-        clock: type[time.monotonic] | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.label, self.total, self.unit = label, max(total, 0), unit
         self.stream = stream if stream is not None else sys.stderr

@@ -97,13 +97,13 @@ def join_medications(work: Path, shard: int, shards: int) -> Tally:
             with open(path, "rb") as f:
                 for record in f:
                     mid, pid, file, chunk, line = record.rstrip(b"\n").split(b"\t")
-                    key = (mid.decode(), pid.decode())
-                    found = medications.get(key[0])
+                    pair = (mid.decode(), pid.decode())
+                    found = medications.get(pair[0])
                     if found is None:
                         tally.skip(MISSING_MEDICATION, (int(file), int(chunk), int(line)), rtype="Medication")
-                    elif key not in seen:
-                        seen.add(key)
-                        out.write("j", key[1], pid + b"\t" + found)
+                    elif pair not in seen:
+                        seen.add(pair)
+                        out.write("j", pair[1], pid + b"\t" + found)
     finally:
         out.close()
     return tally
@@ -115,9 +115,9 @@ def patient_lines(work: Path, shard: int) -> Iterator[tuple[str, list[tuple[Orig
     for path in [*_parts(work, "p", shard), *_parts(work, "j", shard)]:
         with open(path, "rb") as f:
             for record in f:
-                pid, file, chunk, line, raw = record.rstrip(b"\n").split(b"\t", 4)
-                groups.setdefault(pid.decode(), []).append(((int(file), int(chunk), int(line)), raw))
-    for pid in sorted(groups):
-        lines = groups.pop(pid)
+                key, file, chunk, line, raw = record.rstrip(b"\n").split(b"\t", 4)
+                groups.setdefault(key.decode(), []).append(((int(file), int(chunk), int(line)), raw))
+    for patient in sorted(groups):
+        lines = groups.pop(patient)
         lines.sort(key=lambda item: item[0])
-        yield pid, lines
+        yield patient, lines

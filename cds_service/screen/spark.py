@@ -26,7 +26,7 @@ from .patient import Outcome
 from .plan import EngineResult, Plan
 from .progress import Progress
 from .shards import MISSING_MEDICATION
-from .source import EXAMPLES_PER_REASON, Event, Tally, read_chunk, shard_of
+from .source import EXAMPLES_PER_REASON, Tally, read_chunk, shard_of
 
 SPARK_HINT = 'the Spark engine needs pyspark and Java 17: pip install "cds-service[spark]"'
 
@@ -125,7 +125,9 @@ def _join_medications(events: Any, tally: Tally, partitions: int) -> Any:
     """(patient, Medication line) for each order's Medication; the ones not in the export tallied."""
     from pyspark import StorageLevel
 
-    medications = events.filter(lambda e: e[0] == "M").map(lambda e: (e[1], e[2])).reduceByKey(_first, partitions)
+    medications = (
+        events.filter(lambda e: e[0] == "M").map(lambda e: (e[1], e[2])).reduceByKey(_first, partitions)
+    )
     references = events.filter(lambda e: e[0] == "R").map(lambda e: (e[1], e[2]))  # (mid, (pid, origin))
     joined = references.leftOuterJoin(medications, partitions).persist(StorageLevel.MEMORY_AND_DISK)
     missing = joined.filter(lambda kv: kv[1][1] is None).map(lambda kv: kv[1][0][1])

@@ -27,13 +27,17 @@ margin:0;padding:1.2rem 2rem 3rem;background:#fff}h1{font-size:1.5rem;margin:0 0
 h2{font-size:1.15rem;margin:2rem 0 .2rem}.meta,.counts{color:var(--muted);margin:.1rem 0}
 .note{background:#f4f6f9;border-left:3px solid #8a94a6;padding:.5rem .8rem;max-width:60rem}
 .tools{position:sticky;top:0;background:#fff;padding:.6rem 0;border-bottom:1px solid var(--line);z-index:1}
-.tools input{font:inherit;padding:.35rem .5rem;width:24rem;max-width:100%;border:1px solid #aab2bf;border-radius:4px}
+.tools select{font:inherit;padding:.3rem;margin-left:.3rem}
+.tools input{font:inherit;padding:.35rem .5rem;width:24rem;max-width:100%;border:1px solid #aab2bf;
+border-radius:4px}
 #shown{color:var(--muted);margin-left:.8rem}nav a{margin-right:1rem}
 table{border-collapse:collapse;width:100%;margin-top:.6rem}th,td{text-align:left;vertical-align:top;
-padding:.4rem .5rem;border-bottom:1px solid var(--line)}th{background:#f4f6f9;cursor:pointer;white-space:nowrap;
-user-select:none}th[aria-sort=ascending]::after{content:" ▲"}th[aria-sort=descending]::after{content:" ▼"}
+padding:.4rem .5rem;border-bottom:1px solid var(--line)}th{background:#f4f6f9;cursor:pointer;
+white-space:nowrap;user-select:none}th[aria-sort=ascending]::after{content:" ▲"}
+th[aria-sort=descending]::after{content:" ▼"}
 td.num{text-align:right;font-variant-numeric:tabular-nums}td.id{font-family:ui-monospace,monospace;
-word-break:break-all}ul{margin:0;padding-left:1rem}li{margin:.1rem 0}time{color:var(--muted);white-space:nowrap}
+word-break:break-all}ul{margin:0;padding-left:1rem}li{margin:.1rem 0}
+time{color:var(--muted);white-space:nowrap}
 .badge{display:inline-block;padding:.05rem .45rem;border-radius:999px;font-size:.85em;white-space:nowrap}
 .likely-eligible{background:var(--okbg);color:var(--ok)}.needs-review{background:var(--rvbg);color:var(--rv)}
 .manual{color:var(--muted);font-size:.9em}.empty{color:var(--muted);font-style:italic}
@@ -66,20 +70,24 @@ _JS = """
         rows.forEach(function(r){ body.appendChild(r); });
       }
       th.addEventListener('click', sort);
-      th.addEventListener('keydown', function(e){ if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); sort(); } });
+      th.addEventListener('keydown', function(e){
+        if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); sort(); }
+      });
     });
   });
-  var input = document.getElementById('filter'), shown = document.getElementById('shown');
+  var input = document.getElementById('filter'), status = document.getElementById('status');
+  var shown = document.getElementById('shown');
   function filter(){
     var terms = input.value.toLowerCase().split(/\\s+/).filter(Boolean), visible = 0, total = 0;
     document.querySelectorAll('table.worklist tbody tr').forEach(function(row){
       var text = row.textContent.toLowerCase();
-      var ok = terms.every(function(t){ return text.indexOf(t) >= 0; });
+      var ok = terms.every(function(t){ return text.indexOf(t) >= 0; }) &&
+        (!status.value || row.getAttribute('data-status') === status.value);
       row.hidden = !ok; total++; if (ok) visible++;
     });
     shown.textContent = visible + ' of ' + total + ' candidates shown';
   }
-  input.addEventListener('input', filter); filter();
+  input.addEventListener('input', filter); status.addEventListener('change', filter); filter();
 })();
 """
 
@@ -94,8 +102,9 @@ def _reasons(items: Sequence[Mapping[str, Any]]) -> str:
     out = []
     for item in items:
         manual = ' <span class="manual">(manual)</span>' if item.get("manual") else ""
-        dates = "".join(f" <time>{escape(d)}</time>" for d in item.get("dates", ()))
-        reason = escape(str(item.get("reason", "")))
+        text = str(item.get("reason", ""))
+        dates = "".join(f" <time>{escape(d)}</time>" for d in item.get("dates", ()) if d not in text)
+        reason = escape(text)
         out.append(f"<li><b>{escape(str(item.get('id', '')))}</b>{manual}: {reason}{dates}</li>")
     return "<ul>" + "".join(out) + "</ul>"
 
@@ -155,7 +164,9 @@ def _write(
         "needs the study team's review of the record and of the criteria left to review. Not-eligible "
         'patients are counted, not listed.</p>\n<div class="tools"><label>Filter '
         '<input id="filter" type="search" placeholder="patient id, criterion, reason…" '
-        'autocomplete="off"></label><span id="shown"></span></div>\n<nav>'
+        'autocomplete="off"></label> <label>Status <select id="status"><option value="">all</option>'
+        f'<option value="{ELIGIBLE}">likely eligible</option><option value="{REVIEW}">needs review</option>'
+        '</select></label><span id="shown"></span></div>\n<nav>'
     )
     for trial, _ in trials:
         f.write(f'<a href="#trial-{escape(trial)}">{escape(trial)}</a>')

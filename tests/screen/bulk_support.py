@@ -28,7 +28,9 @@ def make_key(tmp: Path, alg: str) -> tuple[Path, dict[str, Any]]:
     public.update({"alg": alg, "use": "sig", "kid": thumbprint(public)})
     pem = tmp / f"client-{alg}.pem"
     pem.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
     )
     return pem, public
 

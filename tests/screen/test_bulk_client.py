@@ -55,15 +55,16 @@ def scripted() -> Iterator[_Scripted]:
 def _client(server: _Scripted, **settings: Any) -> tuple[BulkClient, list[float]]:
     waits: list[float] = []
     base = f"http://127.0.0.1:{server.server_address[1]}/fhir"
-    client = BulkClient(
-        BulkSettings(base_url=base, allow_http_loopback=True, **settings), sleep=waits.append
-    )
+    client = BulkClient(BulkSettings(base_url=base, allow_http_loopback=True, **settings), sleep=waits.append)
     return client, waits
 
 
 def _outcome(text: str, code: str = "exception") -> bytes:
     return json.dumps(
-        {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": code, "diagnostics": text}]}
+        {
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": code, "diagnostics": text}],
+        }
     ).encode()
 
 
@@ -150,4 +151,6 @@ def test_kickoff_error_carries_the_outcome_text(scripted: _Scripted) -> None:
     client, _ = _client(scripted)
     with pytest.raises(FhirError, match="kick-off refused: HTTP 400: Unsupported _type 'Nope'"):
         client.kickoff(level="system", group=None, types=["Patient"], type_filters=[], since=None)
-    assert scripted.seen[0].startswith("GET /fhir/$export?_outputFormat=application/fhir%2Bndjson&_type=Patient")
+    assert scripted.seen[0].startswith(
+        "GET /fhir/$export?_outputFormat=application/fhir%2Bndjson&_type=Patient"
+    )

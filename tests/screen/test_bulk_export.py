@@ -38,9 +38,7 @@ def bulk_population(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def bulk_server(
-    keys: dict[str, tuple[Path, dict[str, Any]]], bulk_population: Path
-) -> Iterator[FhirServer]:
+def bulk_server(keys: dict[str, tuple[Path, dict[str, Any]]], bulk_population: Path) -> Iterator[FhirServer]:
     if not sekmet_available():
         if os.environ.get("CI"):
             pytest.fail("sekmet-fhir is not installed (pip install sekmet-fhir==0.1.1)")
@@ -90,7 +88,10 @@ def test_system_export_screens_like_the_files_themselves(
     """Backend Services token, $export with _type, files downloaded with the token, screened: the
     results equal screening the generated files directly."""
     assert _export(bulk_server, keys[alg][0], f"screener-{alg.lower()}", tmp_path / "exp", "--system") == 0
-    assert main(["screen", str(bulk_population), "--out", str(tmp_path / "direct"), "--as-of", "2026-06-01"]) == 0
+    assert (
+        main(["screen", str(bulk_population), "--out", str(tmp_path / "direct"), "--as-of", "2026-06-01"])
+        == 0
+    )
     err = capsys.readouterr().err
     assert (tmp_path / "exp" / "results.csv").read_text() == (tmp_path / "direct" / "results.csv").read_text()
     downloaded = {p.name.split(".")[0] for p in (tmp_path / "exp" / "export" / "files").glob("*.ndjson")}
@@ -123,7 +124,10 @@ def test_a_rerun_resumes_the_recorded_export(
     """A deadline hit while polling leaves the status URL in the state; the rerun polls it, no new
     kick-off; a further rerun reuses the downloaded files."""
     out = tmp_path / "out"
-    assert _export(bulk_server, keys["ES384"][0], "screener-es384", out, "--system", "--export-timeout", "0.3") == 2
+    assert (
+        _export(bulk_server, keys["ES384"][0], "screener-es384", out, "--system", "--export-timeout", "0.3")
+        == 2
+    )
     err = capsys.readouterr().err
     assert "did not finish within" in err and "rerun to resume" in err
     first = json.loads((out / "export" / "state.json").read_text())["status_url"]
@@ -168,7 +172,10 @@ def test_interrupt_while_exporting_cancels_it_on_the_server(
 
 
 def test_server_error_is_one_line_with_its_outcome_text(
-    bulk_server: FhirServer, keys: dict[str, tuple[Path, dict[str, Any]]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    bulk_server: FhirServer,
+    keys: dict[str, tuple[Path, dict[str, Any]]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert _export(bulk_server, keys["ES384"][0], "screener-es384", tmp_path / "o", "--group", "nope") == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -40,8 +40,11 @@ def _bundle(population: Path, patient: str) -> dict[str, Any]:
         r
         for r in lines
         if r["resourceType"] != "Medication"
-        and (r.get("id") == patient if r["resourceType"] == "Patient" else
-             patient in (patient_id(r.get("subject")), patient_id(r.get("patient"))))
+        and (
+            r.get("id") == patient
+            if r["resourceType"] == "Patient"
+            else patient in (patient_id(r.get("subject")), patient_id(r.get("patient")))
+        )
     ]
     wanted = {medication_id(r.get("medicationReference")) for r in mine} - {None}
     mine += [r for r in lines if r["resourceType"] == "Medication" and r["id"] in wanted]
@@ -92,7 +95,8 @@ def test_results_table_columns_and_counts(screened: tuple[Path, dict[str, Any]])
         )
         if row["status"] == "not-eligible" and row["rules_out"]:
             first = next(
-                c for c in trial["criteria"]
+                c
+                for c in trial["criteria"]
                 if (c["kind"], c["result"]) in (("inclusion", "not-met"), ("exclusion", "met"))
             )
             assert row["rules_out"] == first["id"] and row["rules_out_reason"] == first["reason"]
@@ -126,7 +130,12 @@ def test_bad_input_is_counted_with_file_and_line(tmp_path: Path) -> None:
     source = tmp_path / "export"
     source.mkdir()
     patient = {"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1980-01-01"}
-    good = {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"}, "code": {"text": "x"}}
+    good = {
+        "resourceType": "Condition",
+        "id": "c1",
+        "subject": {"reference": "Patient/p1"},
+        "code": {"text": "x"},
+    }
     lines = [
         json.dumps(patient),
         "{not json",
@@ -134,16 +143,20 @@ def test_bad_input_is_counted_with_file_and_line(tmp_path: Path) -> None:
         json.dumps({"resourceType": "Claim", "id": "cl1"}),
         json.dumps(good),
         json.dumps({"hello": "world"}),
-        json.dumps({"resourceType": "OperationOutcome", "issue": [{"diagnostics": "export partial\x1b[31m"}]}),
+        json.dumps(
+            {"resourceType": "OperationOutcome", "issue": [{"diagnostics": "export partial\x1b[31m"}]}
+        ),
     ]
     (source / "mixed.ndjson").write_text("\n".join(lines) + "\n")
     (source / "notes.txt").write_text("not an export file")
     summary, printed = screen(source, tmp_path / "out", workers=1)
     found = {(e["reason"], e.get("resourceType")): e for e in summary["skipped"]}
     where = str(source / "mixed.ndjson")
-    assert found[("malformed NDJSON line", None)]["examples"][0] == {
-        "file": where, "line": 2, "detail": "unexpected character, expected a string key at byte 1"
-    } or found[("malformed NDJSON line", None)]["examples"][0]["line"] == 2
+    assert (
+        found[("malformed NDJSON line", None)]["examples"][0]
+        == {"file": where, "line": 2, "detail": "unexpected character, expected a string key at byte 1"}
+        or found[("malformed NDJSON line", None)]["examples"][0]["line"] == 2
+    )
     assert found[("resource with no patient reference", "Observation")]["examples"][0]["line"] == 3
     assert found[("resource type no loaded trial needs", "Claim")]["examples"][0]["line"] == 4
     assert found[("not a FHIR resource (no resourceType)", None)]["examples"][0]["line"] == 6
@@ -164,13 +177,22 @@ def test_gzip_and_split_files_and_a_patient_not_in_the_export(tmp_path: Path) ->
     with gzip.open(source / "Patient.ndjson.gz", "wt") as f:
         f.write(json.dumps({"resourceType": "Patient", "id": "p1", "birthDate": "1980-01-01"}) + "\n")
     condition = {"resourceType": "Condition", "subject": {"reference": "Patient/p1"}, "code": {"text": "x"}}
-    orphan = {"resourceType": "Condition", "id": "c9", "subject": {"reference": "Patient/gone"}, "code": {"text": "x"}}
+    orphan = {
+        "resourceType": "Condition",
+        "id": "c9",
+        "subject": {"reference": "Patient/gone"},
+        "code": {"text": "x"},
+    }
     (source / "Condition.1.ndjson").write_text(json.dumps({**condition, "id": "c1"}) + "\n")
-    (source / "Condition.2.ndjson").write_text(json.dumps({**condition, "id": "c2"}) + "\n" + json.dumps(orphan))
+    (source / "Condition.2.ndjson").write_text(
+        json.dumps({**condition, "id": "c2"}) + "\n" + json.dumps(orphan)
+    )
     summary, _ = screen(source, tmp_path / "out", workers=2)
     assert summary["patients"] == 1 and summary["resources"]["by_type"] == {"Condition": 3, "Patient": 1}
     missing = next(e for e in summary["skipped"] if e["reason"] == "patient not evaluated")
-    assert missing["examples"][0]["file"].endswith("Condition.2.ndjson") and missing["examples"][0]["line"] == 2
+    assert (
+        missing["examples"][0]["file"].endswith("Condition.2.ndjson") and missing["examples"][0]["line"] == 2
+    )
     assert "no Patient resource" in missing["examples"][0]["detail"]
 
 
@@ -181,7 +203,10 @@ def test_unreadable_source_exits_2_with_one_line(tmp_path: Path, capsys: pytest.
 
 
 def test_chunked_reading_gives_the_same_results(
-    population: tuple[Path, dict[str, Any]], screened: tuple[Path, dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    population: tuple[Path, dict[str, Any]],
+    screened: tuple[Path, dict[str, Any]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Byte-range chunks far smaller than the files (lines cut at every boundary), one worker."""
     import cds_service.screen.plan as plan
