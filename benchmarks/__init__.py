@@ -1,1 +1,1 @@
-"""Benchmark scripts (run them as files: see benchmarks/README.md); a package so tests can import the generator."""
+"""Benchmark scripts, run as files (benchmarks/README.md); a package so tests import the generator."""
