@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 import time
@@ -32,6 +33,7 @@ from .needs import needed_types, type_filters
 from .source import FHIR_ID, clean_text, outcome_text
 
 MAX_ERROR_LINES = 20
+_INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})")
 
 
 def _settings(args: argparse.Namespace) -> BulkSettings:
@@ -53,6 +55,10 @@ def _settings(args: argparse.Namespace) -> BulkSettings:
 def _request(args: argparse.Namespace) -> dict[str, Any]:
     if args.group is not None and not FHIR_ID.fullmatch(args.group):
         raise InvalidInput("--group: not a FHIR id")
+    if args.group is not None and args.system:
+        raise InvalidInput("--group and --system: choose one export level")
+    if args.since is not None and not _INSTANT.fullmatch(args.since):
+        raise InvalidInput("--since: not a FHIR instant (e.g. 2026-05-01T00:00:00Z)")
     catalog = load_catalog(args.mappings)
     level = "group" if args.group else "system" if args.system else "patient"
     return {

@@ -190,3 +190,41 @@ def test_an_unregistered_key_is_refused_in_one_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("cds-service: the token endpoint refused the client: HTTP 401")
     assert "eyJ" not in err[0]
+
+
+def test_since_asks_only_for_what_changed(
+    bulk_server: FhirServer, keys: dict[str, tuple[Path, dict[str, Any]]], tmp_path: Path
+) -> None:
+    """An incremental re-screen: nothing changed since a future instant, so nothing is screened."""
+    out = tmp_path / "out"
+    assert (
+        _export(
+            bulk_server,
+            keys["ES384"][0],
+            "screener-es384",
+            out,
+            "--system",
+            "--since",
+            "2999-01-01T00:00:00Z",
+        )
+        == 0
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["patients"] == 0 and summary["export"]["files"] == 0
+
+
+def test_a_bad_since_is_refused_before_any_request(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "screen",
+            "--export",
+            "https://fhir.example.org/fhir",
+            "--out",
+            str(tmp_path),
+            "--since",
+            "yesterday",
+        ]
+    )
+    assert code == 2 and "--since: not a FHIR instant" in capsys.readouterr().err
