@@ -152,11 +152,8 @@ def test_bad_input_is_counted_with_file_and_line(tmp_path: Path) -> None:
     summary, printed = screen(source, tmp_path / "out", workers=1)
     found = {(e["reason"], e.get("resourceType")): e for e in summary["skipped"]}
     where = str(source / "mixed.ndjson")
-    assert (
-        found[("malformed NDJSON line", None)]["examples"][0]
-        == {"file": where, "line": 2, "detail": "unexpected character, expected a string key at byte 1"}
-        or found[("malformed NDJSON line", None)]["examples"][0]["line"] == 2
-    )
+    malformed = found[("malformed NDJSON line", None)]["examples"][0]
+    assert malformed["file"] == where and malformed["line"] == 2 and "at byte 1" in malformed["detail"]
     assert found[("resource with no patient reference", "Observation")]["examples"][0]["line"] == 3
     assert found[("resource type no loaded trial needs", "Claim")]["examples"][0]["line"] == 4
     assert found[("not a FHIR resource (no resourceType)", None)]["examples"][0]["line"] == 6
