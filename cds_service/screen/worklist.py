@@ -31,7 +31,7 @@ h2{font-size:1.15rem;margin:2rem 0 .2rem}.meta,.counts{color:var(--muted);margin
 .tools input{font:inherit;padding:.35rem .5rem;width:24rem;max-width:100%;border:1px solid #aab2bf;
 border-radius:4px}
 #shown{color:var(--muted);margin-left:.8rem}nav a{margin-right:1rem}
-table{border-collapse:collapse;width:100%;margin-top:.6rem}th,td{text-align:left;vertical-align:top;
+table{border-collapse:collapse;width:100%;margin-top:.6rem;table-layout:fixed}th,td{text-align:left;vertical-align:top;
 padding:.4rem .5rem;border-bottom:1px solid var(--line)}th{background:#f4f6f9;cursor:pointer;
 white-space:nowrap;user-select:none}th[aria-sort=ascending]::after{content:" ▲"}
 th[aria-sort=descending]::after{content:" ▼"}
@@ -41,6 +41,7 @@ time{color:var(--muted);white-space:nowrap}
 .badge{display:inline-block;padding:.05rem .45rem;border-radius:999px;font-size:.85em;white-space:nowrap}
 .likely-eligible{background:var(--okbg);color:var(--ok)}.needs-review{background:var(--rvbg);color:var(--rv)}
 .manual{color:var(--muted);font-size:.9em}.empty{color:var(--muted);font-style:italic}
+.w-id{width:11rem}.w-status{width:8.5rem}.w-num{width:4rem}.w-review{width:6.5rem}.w-date{width:8.5rem}
 @media print{.tools{position:static}th{cursor:auto}}
 """
 
@@ -61,13 +62,15 @@ _JS = """
         th.setAttribute('aria-sort', asc ? 'ascending' : 'descending');
         var type = th.getAttribute('data-type') || 'text';
         var body = table.tBodies[0];
-        var rows = Array.prototype.slice.call(body.rows);
-        rows.forEach(function(r, i){ r._i = i; });
-        rows.sort(function(a, b){
-          var x = key(a.cells[col], type), y = key(b.cells[col], type);
-          if (x < y) return asc ? -1 : 1; if (x > y) return asc ? 1 : -1; return a._i - b._i;
+        var keyed = Array.prototype.map.call(body.rows, function(r, i){
+          return {row: r, key: key(r.cells[col], type), i: i};
         });
-        rows.forEach(function(r){ body.appendChild(r); });
+        keyed.sort(function(a, b){
+          if (a.key < b.key) return asc ? -1 : 1; if (a.key > b.key) return asc ? 1 : -1; return a.i - b.i;
+        });
+        var sorted = document.createDocumentFragment();
+        keyed.forEach(function(k){ sorted.appendChild(k.row); });
+        body.appendChild(sorted);
       }
       th.addEventListener('click', sort);
       th.addEventListener('keydown', function(e){
@@ -124,6 +127,8 @@ def _row(item: Mapping[str, Any]) -> str:
 
 
 _HEAD = (
+    '<colgroup><col class="w-id"><col class="w-status"><col class="w-num"><col class="w-review">'
+    '<col class="w-date"><col><col></colgroup>'
     '<thead><tr><th data-type="text">Patient</th><th data-type="num">Status</th>'
     '<th data-type="num">Met</th><th data-type="num">To review</th><th data-type="text">Latest evidence</th>'
     '<th data-type="text">Rules in</th><th data-type="text">Left to review</th></tr></thead>'
