@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 from .patient import CANDIDATE_STATUSES, ELIGIBLE, NOT_ELIGIBLE, REVIEW
 
+LIMIT = 250  # rows shown per trial before "Show more": a long table of lists is slow to lay out
 _LABEL = {ELIGIBLE: "likely eligible", REVIEW: "needs review", NOT_ELIGIBLE: "not eligible"}
 
 _CSS = """
@@ -40,17 +41,41 @@ word-break:break-all}ul{margin:0;padding-left:1rem}li{margin:.1rem 0}
 time{color:var(--muted);white-space:nowrap}
 .badge{display:inline-block;padding:.05rem .45rem;border-radius:999px;font-size:.85em;white-space:nowrap}
 .likely-eligible{background:var(--okbg);color:var(--ok)}.needs-review{background:var(--rvbg);color:var(--rv)}
-.manual{color:var(--muted);font-size:.9em}.empty{color:var(--muted);font-style:italic}
+.manual{color:var(--muted);font-size:.9em}button.more{font:inherit;margin:.6rem 0;padding:.3rem .8rem}
+.empty{color:var(--muted);font-style:italic}
 .w-id{width:11rem}.w-status{width:8.5rem}.w-num{width:4rem}.w-review{width:6.5rem}.w-date{width:8.5rem}
 @media print{.tools{position:static}th{cursor:auto}}
 """
 
 _JS = """
 (function(){
+  var LIMIT = @LIMIT@;
   function key(cell, type){
     var v = cell.getAttribute('data-sort'); if (v === null) v = cell.textContent.trim();
     if (type === 'num') { var n = parseFloat(v); return isNaN(n) ? -Infinity : n; }
     return v.toLowerCase();
+  }
+  var input = document.getElementById('filter'), status = document.getElementById('status');
+  var shown = document.getElementById('shown');
+  var texts = new Map();
+  function filter(){
+    var terms = input.value.toLowerCase().split(/\\s+/).filter(Boolean), matching = 0, visible = 0, total = 0;
+    document.querySelectorAll('table.worklist').forEach(function(table){
+      var room = table.getAttribute('data-all') ? Infinity : LIMIT, hiddenHere = 0;
+      Array.prototype.forEach.call(table.tBodies[0].rows, function(row){
+        var text = texts.get(row);
+        if (text === undefined) { text = row.textContent.toLowerCase(); texts.set(row, text); }
+        var ok = terms.every(function(t){ return text.indexOf(t) >= 0; }) &&
+          (!status.value || row.getAttribute('data-status') === status.value);
+        total++; if (ok) matching++;
+        var show = ok && room > 0; if (show) { room--; visible++; } else if (ok) { hiddenHere++; }
+        row.hidden = !show;
+      });
+      var more = table.parentNode.querySelector('button.more');
+      more.hidden = hiddenHere === 0; more.textContent = 'Show ' + hiddenHere + ' more';
+    });
+    shown.textContent = matching + ' of ' + total + ' candidates match' +
+      (visible < matching ? ', ' + visible + ' shown' : '');
   }
   document.querySelectorAll('table.worklist').forEach(function(table){
     var heads = table.querySelectorAll('thead th');
@@ -71,28 +96,20 @@ _JS = """
         var sorted = document.createDocumentFragment();
         keyed.forEach(function(k){ sorted.appendChild(k.row); });
         body.appendChild(sorted);
+        filter();
       }
       th.addEventListener('click', sort);
       th.addEventListener('keydown', function(e){
         if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); sort(); }
       });
     });
-  });
-  var input = document.getElementById('filter'), status = document.getElementById('status');
-  var shown = document.getElementById('shown');
-  function filter(){
-    var terms = input.value.toLowerCase().split(/\\s+/).filter(Boolean), visible = 0, total = 0;
-    document.querySelectorAll('table.worklist tbody tr').forEach(function(row){
-      var text = row.textContent.toLowerCase();
-      var ok = terms.every(function(t){ return text.indexOf(t) >= 0; }) &&
-        (!status.value || row.getAttribute('data-status') === status.value);
-      row.hidden = !ok; total++; if (ok) visible++;
+    table.parentNode.querySelector('button.more').addEventListener('click', function(){
+      table.setAttribute('data-all', '1'); filter();
     });
-    shown.textContent = visible + ' of ' + total + ' candidates shown';
-  }
+  });
   input.addEventListener('input', filter); status.addEventListener('change', filter); filter();
 })();
-"""
+""".replace("@LIMIT@", str(LIMIT))
 
 
 def _hash(text: str) -> str:
@@ -112,12 +129,13 @@ def _reasons(items: Sequence[Mapping[str, Any]]) -> str:
     return "<ul>" + "".join(out) + "</ul>"
 
 
-def _row(item: Mapping[str, Any]) -> str:
+def _row(item: Mapping[str, Any], *, hidden: bool = False) -> str:
     status = str(item.get("status", ""))
     order = CANDIDATE_STATUSES.index(status) if status in CANDIDATE_STATUSES else 9
     latest = escape(str(item.get("latest", "")))
     return (
-        f'<tr data-status="{escape(status)}"><td class="id">{escape(str(item.get("patient", "")))}</td>'
+        f'<tr data-status="{escape(status)}"{" hidden" if hidden else ""}>'
+        f'<td class="id">{escape(str(item.get("patient", "")))}</td>'
         f'<td data-sort="{order}"><span class="badge {escape(status)}">{escape(_LABEL.get(status, status))}'
         f'</span></td><td class="num">{int(item.get("met", 0))}</td>'
         f'<td class="num">{int(item.get("review_count", 0))}</td>'
@@ -183,8 +201,10 @@ def _write(
             f'<section id="trial-{escape(trial)}"><h2>{escape(trial)} — {escape(title)}</h2>'
             f'<p class="counts">{summary}</p><table class="worklist">{_HEAD}<tbody>\n'
         )
+        n = 0
         for status in CANDIDATE_STATUSES:
             for item in candidates(trial, status):
-                f.write(_row(item))
-        f.write("</tbody></table></section>\n")
+                f.write(_row(item, hidden=n >= LIMIT))
+                n += 1
+        f.write('</tbody></table><button type="button" class="more" hidden></button></section>\n')
     f.write(f"<script>{_JS}</script></body></html>\n")

@@ -95,12 +95,12 @@ def test_filter_and_sort_in_chromium(browser: Any, screened: tuple[Path, dict[st
     statuses = _column(page, 1)
     assert len(statuses) == len(candidates) > 2
     assert statuses == sorted(statuses, key=lambda s: s != "likely eligible")  # eligible first
-    assert page.inner_text("#shown") == f"{len(candidates)} of {len(candidates)} candidates shown"
+    assert page.inner_text("#shown") == f"{len(candidates)} of {len(candidates)} candidates match"
 
     target = next(r["patient"] for r in candidates if r["status"] == "needs-review")
     page.fill("#filter", target)
     assert _column(page, 0) == [target]
-    assert page.inner_text("#shown") == f"1 of {len(candidates)} candidates shown"
+    assert page.inner_text("#shown") == f"1 of {len(candidates)} candidates match"
     page.fill("#filter", "")
 
     page.click("th:has-text('Patient')")
@@ -130,4 +130,27 @@ def test_hostile_values_stay_text_in_chromium(browser: Any, tmp_path: Path) -> N
     assert page.evaluate("window.pwned") is None
     assert page.locator("img").count() == 0
     assert page.inner_text("td.id") == HOSTILE
+    page.close()
+
+
+def test_a_long_list_shows_the_first_rows_then_more_on_request(browser: Any, tmp_path: Path) -> None:
+    from cds_service.screen import worklist
+
+    many = [
+        {**_hostile(), "patient": f"p{i:04d}", "rule_in": [], "review": []} for i in range(worklist.LIMIT + 7)
+    ]
+    path = tmp_path / "worklist.html"
+    _page(path, many)
+    page = browser.new_page()
+    page.goto(path.as_uri())
+    assert len(_column(page, 0)) == worklist.LIMIT
+    assert page.inner_text("#shown") == f"{len(many)} of {len(many)} candidates match, {worklist.LIMIT} shown"
+    page.fill("#filter", "p0256")  # beyond the first rows, still found
+    assert _column(page, 0) == ["p0256"]
+    page.fill("#filter", "")
+    page.click("button.more")
+    assert len(_column(page, 0)) == len(many) and page.locator("button.more").is_hidden()
+    page.click("th:has-text('Patient')")
+    page.click("th:has-text('Patient')")
+    assert _column(page, 0)[0] == f"p{len(many) - 1:04d}"
     page.close()
