@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -154,3 +159,24 @@ def test_kickoff_error_carries_the_outcome_text(scripted: _Scripted) -> None:
     assert scripted.seen[0].startswith(
         "GET /fhir/$export?_outputFormat=application/fhir%2Bndjson&_type=Patient"
     )
+
+
+def test_sigterm_while_the_server_exports_cancels_the_export(scripted: _Scripted, tmp_path: Path) -> None:
+    """The CLI as a process: SIGTERM during polling sends DELETE to the status URL and exits 130."""
+    base = f"http://127.0.0.1:{scripted.server_address[1]}/fhir"
+    scripted.replies = [(202, {"Content-Location": f"{base}/bulk-status/job1"}, b"")]
+    scripted.replies += [(202, {"X-Progress": "busy", "Retry-After": "1"}, b"")] * 200
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "cds_service.cli", "screen", "--export", base, "--out", str(out)]
+    proc = subprocess.Popen([*cmd, "--allow-http-loopback"], stderr=subprocess.PIPE, text=True)
+    state = out / "export" / "state.json"
+    deadline = time.monotonic() + 60
+    while not (state.exists() and "status_url" in state.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "DELETE /fhir/bulk-status/job1" in scripted.seen
+    assert "export cancelled on the server (DELETE)" in err
+    assert "status_url" not in json.loads(state.read_text())
