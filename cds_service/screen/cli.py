@@ -95,6 +95,7 @@ def run_command(args: argparse.Namespace) -> int:
                 shard_bytes=max(args.shard_mb, 1) << 20,
                 keep_work=args.keep_work,
                 extra_summary=extra,
+                require_files=args.export is None,
             )
         )
     except KeyboardInterrupt:

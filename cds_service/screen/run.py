@@ -18,6 +18,7 @@ from typing import Any, TextIO
 import orjson
 
 from cds_service.engine.loader import Catalog, load_catalog
+from cds_service.errors import InvalidInput
 
 from . import outputs
 from .needs import needed_types
@@ -45,6 +46,7 @@ class ScreenOptions:
     tty: bool | None = None
     progress_interval: float = 10.0
     extra_summary: dict[str, Any] = field(default_factory=dict)
+    require_files: bool = False  # a SOURCE the user named must hold NDJSON (an export may be empty)
 
 
 def run_screen(options: ScreenOptions) -> dict[str, Any]:
@@ -53,7 +55,9 @@ def run_screen(options: ScreenOptions) -> dict[str, Any]:
     catalog = load_catalog(options.mappings)
     for trial in options.trial_ids or ():
         catalog.trial(trial)  # an unknown trial is a MappingError naming the known ones
-    files, unknown = scan(options.source)
+    files, unknown = scan(options.source, exclude=options.out)
+    if options.require_files and not files:
+        raise InvalidInput(f"{options.source}: no *.ndjson or *.ndjson.gz files (not Bulk Data output)")
     options.out.mkdir(parents=True, exist_ok=True)
     work = options.out / ".screen-work"
     shutil.rmtree(work, ignore_errors=True)

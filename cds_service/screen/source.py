@@ -104,13 +104,17 @@ class Tally:
         self.medication_references += other.medication_references
 
 
-def scan(root: Path) -> tuple[list[SourceFile], list[str]]:
+def scan(root: Path, *, exclude: Path | None = None) -> tuple[list[SourceFile], list[str]]:
     """The export's NDJSON files (sorted by name) and the names of other files found there.
 
-    An unreadable or missing SOURCE is InvalidInput naming it (the CLI exits 2).
+    ``exclude`` (the output directory, when it sits inside SOURCE) is not read. An unreadable or
+    missing SOURCE is InvalidInput naming it (the CLI exits 2).
     """
+    skip = exclude.resolve() if exclude is not None else None
     try:
-        names = sorted(p for p in root.rglob("*") if p.is_file())
+        names = sorted(
+            p for p in root.rglob("*") if p.is_file() and not (skip and p.resolve().is_relative_to(skip))
+        )
     except OSError as exc:
         raise InvalidInput(f"{root}: cannot be read: {exc.strerror or exc}") from None
     if not root.is_dir():

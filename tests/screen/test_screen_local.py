@@ -166,6 +166,15 @@ def test_bad_input_is_counted_with_file_and_line(tmp_path: Path) -> None:
     assert f"{where}:2" in printed and f"{where}:3" in printed and "notes.txt" in printed
 
 
+def test_an_output_directory_inside_source_is_not_read(tmp_path: Path) -> None:
+    source = tmp_path / "export"
+    source.mkdir()
+    (source / "Patient.ndjson").write_text(json.dumps({"resourceType": "Patient", "id": "p1"}) + "\n")
+    first, _ = screen(source, source / "out", workers=1)
+    again, _ = screen(source, source / "out", workers=1)
+    assert first["skipped"] == again["skipped"] == [] and again["files"] == 1
+
+
 def test_gzip_and_split_files_and_a_patient_not_in_the_export(tmp_path: Path) -> None:
     import gzip
 
@@ -197,6 +206,14 @@ def test_unreadable_source_exits_2_with_one_line(tmp_path: Path, capsys: pytest.
     code = main(["screen", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "nowhere" in err
+    (tmp_path / "empty").mkdir()
+    code = main(["screen", str(tmp_path / "empty"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert (
+        code == 2
+        and err.strip()
+        == f"cds-service: {tmp_path / 'empty'}: no *.ndjson or *.ndjson.gz files (not Bulk Data output)"
+    )
 
 
 def test_chunked_reading_gives_the_same_results(
