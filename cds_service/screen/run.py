@@ -55,6 +55,8 @@ def run_screen(options: ScreenOptions) -> dict[str, Any]:
     catalog = load_catalog(options.mappings)
     for trial in options.trial_ids or ():
         catalog.trial(trial)  # an unknown trial is a MappingError naming the known ones
+    if options.out.resolve() == options.source.resolve():
+        raise InvalidInput(f"{options.out}: --out must be another directory than SOURCE")
     files, unknown = scan(options.source, exclude=options.out)
     if options.require_files and not files:
         raise InvalidInput(f"{options.source}: no *.ndjson or *.ndjson.gz files (not Bulk Data output)")

@@ -111,6 +111,8 @@ def scan(root: Path, *, exclude: Path | None = None) -> tuple[list[SourceFile], 
     missing SOURCE is InvalidInput naming it (the CLI exits 2).
     """
     skip = exclude.resolve() if exclude is not None else None
+    if skip is not None and not skip.is_relative_to(root.resolve()):
+        skip = None  # SOURCE inside OUT (--export downloads to OUT/export/files): read it all
     try:
         names = sorted(
             p for p in root.rglob("*") if p.is_file() and not (skip and p.resolve().is_relative_to(skip))
