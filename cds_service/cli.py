@@ -80,6 +80,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     serve.set_defaults(handler=_serve)
+
+    from cds_service.screen.cli import add_screen_command  # the population screen, its own package
+
+    add_screen_command(commands)
     return parser
 
 

@@ -84,6 +84,7 @@ class SmartClient:
     client_id: str
     client_secret: str
     scopes: str = "system/*.read"
+    jwks: Mapping[str, Any] | None = None  # public keys for private_key_jwt (Backend Services)
 
 
 def sekmet_available() -> bool:
@@ -319,7 +320,12 @@ def _settings(
             "types": types or ["none"],
             "tokens": [token] if token is not None else [],
             "smart_clients": [
-                {"client_id": c.client_id, "client_secret": c.client_secret, "scopes": c.scopes}
+                {
+                    "client_id": c.client_id,
+                    "client_secret": c.client_secret or None,
+                    "scopes": c.scopes,
+                    **({"jwks": dict(c.jwks)} if c.jwks is not None else {}),
+                }
                 for c in smart_clients
             ],
         },

@@ -1,0 +1,1 @@
+"""Benchmark scripts, run as files (benchmarks/README.md); a package so tests import the generator."""
