@@ -16,6 +16,7 @@ from cds_service.engine.loader import Catalog
 from cds_service.engine.report import EligibilityReport
 from cds_service.errors import FhirError, FhirUnauthorized, InvalidInput
 from cds_service.fhir.client import FhirClient
+from cds_service.fhir.ids import id_segment
 from cds_service.fhir.queries import fill, prefetch_templates
 from cds_service.record import build_record
 from cds_service.settings import Settings
@@ -31,9 +32,10 @@ def load_report(
     """(the Patient resource, the report for every trial); SmartError pages for each failure."""
     try:
         with FhirClient(base_url=launch.iss, token=launch.access_token, settings=settings) as client:
-            patient = _read_patient(client, launch.patient)
+            segment = id_segment(launch.patient, what="the launch's patient")
+            patient = _read_patient(client, segment)
             queries = {
-                key: fill(template, patient_id=launch.patient)
+                key: fill(template, patient_id=segment)
                 for key, template in prefetch_templates(catalog).items()
                 if key != "patient"
             }
