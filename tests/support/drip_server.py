@@ -4,7 +4,7 @@ Per-read timeouts never fire against it (a byte always arrives before the read t
 total deadline enforced on the socket ends a call to it. ``stage`` picks where the drip happens:
 
 - ``headers``: the status line and headers themselves trickle in (forever);
-- ``body``: headers at once (``Content-Length`` of a megabyte), then the body trickles in.
+- ``body``: headers at once (``Content-Length`` of 100 kB, under every size cap), then the body trickles in.
 
 ``interval`` is the pause between bytes (1 s: the probe's "one byte a second"). Counts requests
 (``requests``) and the connections still open (``open_connections``), so a test can check that a
@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import Literal, Self
 
 Stage = Literal["headers", "body"]
-_BODY = b'{"resourceType":"Bundle","type":"searchset","entry":[' + b" " * 1_000_000 + b"]}"
+_BODY = b"{\"resourceType\":\"Bundle\",\"type\":\"searchset\",\"entry\":[" + b" " * 100_000 + b"]}"
 
 
 class DripServer:
