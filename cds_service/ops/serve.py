@@ -12,8 +12,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import secrets
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -58,7 +60,9 @@ def prepare(*, workers: int) -> Settings:
 def _fresh_metrics_dir(chosen: str | None) -> Path:
     """The operator's directory emptied of old samples, or a new one (must be wiped per run)."""
     if not chosen:
-        return Path(tempfile.mkdtemp(prefix="cds-metrics-"))
+        made = Path(tempfile.mkdtemp(prefix="cds-metrics-"))
+        atexit.register(shutil.rmtree, made, ignore_errors=True)  # in this (parent) process only
+        return made
     path = Path(chosen)
     path.mkdir(parents=True, exist_ok=True)
     for old in path.glob("*.db"):

@@ -141,7 +141,7 @@ def test_forged_tokens_naming_a_dripping_issuer_do_not_stall_a_valid_call(
     assert status == 200 and took < 2.0, took
     assert {s for s, _ in outcomes} == {401}
     times = [t for _, t in outcomes]
-    assert 3.0 < min(times) and max(times) < 5.0 + SLACK  # held by the drip until the 5 s JWKS deadline
+    assert min(times) > 3.0 and max(times) < 5.0 + SLACK  # held by the drip until the 5 s JWKS deadline
     assert slow_fetches == 1  # 45 waiting callers shared one in-flight fetch
 
 

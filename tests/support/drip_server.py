@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import Literal, Self
 
 Stage = Literal["headers", "body"]
-_BODY = b"{\"resourceType\":\"Bundle\",\"type\":\"searchset\",\"entry\":[" + b" " * 100_000 + b"]}"
+_BODY = b'{"resourceType":"Bundle","type":"searchset","entry":[' + b" " * 100_000 + b"]}"
 
 
 class DripServer:
