@@ -29,7 +29,6 @@ Why it looks like this:
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
@@ -40,10 +39,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import (
     Boolean,
     Column,
@@ -61,6 +56,7 @@ from sqlalchemy import (
 
 from cds_service.db import make_engine
 from cds_service.settings import Settings
+from cds_service.smart.sealing import Sealer
 
 log = logging.getLogger(__name__)
 
@@ -126,31 +122,6 @@ class Launch:
 
 def _hash(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
-
-
-class Sealer:
-    """AES-256-GCM under a key derived from a secret; each value bound to its row (associated data)."""
-
-    def __init__(self, secret: str | None) -> None:
-        if not secret:
-            log.warning("CDS_SESSION_KEY is not set: SMART sessions use a random key of this process")
-            secret = secrets.token_urlsafe(32)
-        info = b"cds-service smart session tokens v1"
-        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret.encode())
-        self._aead = AESGCM(key)
-
-    def seal(self, value: str, *, row: str) -> str:
-        nonce = secrets.token_bytes(12)
-        sealed = nonce + self._aead.encrypt(nonce, value.encode(), row.encode())
-        return base64.urlsafe_b64encode(sealed).decode()
-
-    def open(self, sealed: str, *, row: str) -> str | None:
-        """The value, or None when it was sealed under another key or for another row."""
-        try:
-            raw = base64.urlsafe_b64decode(sealed.encode())
-            return self._aead.decrypt(raw[:12], raw[12:], row.encode()).decode()
-        except (InvalidTag, ValueError):
-            return None
 
 
 class SessionStore:
