@@ -17,7 +17,11 @@ answered each request id: printed are the page loads answered 200 and how many w
 worker other than the one that completed the launch's callback.
 
     .venv/bin/python benchmarks/soak_bench.py [--seconds 60] [--concurrency 8] [--workers 2]
-        [--launches 20] [--pages 10] [--shared DIR]     # DIR defaults to ../shared
+        [--launches 20] [--pages 10] [--shared DIR] [--baseline CHECKOUT]
+
+``--shared`` defaults to ``../shared``. ``--baseline`` first runs the same hook load against another
+checkout's ``cds_service`` (``PYTHONPATH``; e.g. ``git worktree add /tmp/base <commit>``), so the
+figures of this tree come with a ratio measured in the same run on the same (shared) machine.
 
 Exit status 0 when every call succeeded, 1 otherwise, 2 when the service could not start.
 Only 127.0.0.1 is contacted.
@@ -92,7 +96,9 @@ def children(pid: int) -> list[int]:
 class Served:
     """``cds-service serve`` in its own process group, JSON logs to a file."""
 
-    def __init__(self, workdir: Path, *, workers: int, env: dict[str, str]) -> None:
+    def __init__(
+        self, workdir: Path, *, workers: int, env: dict[str, str], source: Path | None = None
+    ) -> None:
         self.port = env.pop("PORT", "") or str(free_port())
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / "service.log"
@@ -106,6 +112,8 @@ class Served:
             "CDS_SESSION_KEY": uuid.uuid4().hex,
             "CDS_PSEUDONYM_KEY": uuid.uuid4().hex,
         }
+        if source is not None:  # the baseline: another checkout's cds_service, imported first
+            base["PYTHONPATH"] = str(source)
         command = [str(Path(sys.executable).with_name("cds-service")), "serve", "--port", self.port]
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
@@ -122,8 +130,8 @@ class Served:
         while time.monotonic() < ends:
             if self.process.poll() is not None:
                 raise RuntimeError(self.log_path.read_text()[-3000:])
-            try:
-                ready = requests.get(self.url + "/readyz", timeout=1).status_code == 200
+            try:  # /cds-services: a baseline without /readyz answers it too
+                ready = requests.get(self.url + "/cds-services", timeout=1).status_code == 200
             except requests.RequestException:
                 ready = False
             if ready and len(children(self.process.pid)) >= workers:
@@ -311,6 +319,33 @@ def typical_body(shared: Path) -> tuple[str, bytes]:
     return "_".join(path.name.split("_")[:2]), json.dumps(body).encode()
 
 
+def run_hooks(workdir: Path, body: bytes, args: argparse.Namespace, source: Path | None) -> dict[str, Any]:
+    """One served process under the hook load; the counts only where the service has them."""
+    workdir.mkdir()
+    served = Served(workdir, workers=args.workers, env={}, source=source)
+    try:
+        served.wait_ready(args.workers)
+        result = hook_load(served, body, concurrency=args.concurrency, seconds=args.seconds)
+        result["scraped"] = scraped_ok(served) if source is None else None
+    finally:
+        result_code = served.stop()
+    result["exit"] = result_code
+    result["audited"] = audit_rows(served.db) if source is None else None
+    return result
+
+
+def report(label: str, result: dict[str, Any]) -> tuple[float, float]:
+    lat = [x * 1000 for x in result["latencies"]]
+    calls, wall = len(lat), result["wall"]
+    p50, p95, p99 = statistics.median(lat), percentile(lat, 95), percentile(lat, 99)
+    print(f"{label}: {calls} calls in {wall:.1f} s ({calls / wall:.1f} req/s), {result['errors']} errors")
+    exit_code = result["exit"]
+    print(f"  p50 {p50:.1f} ms, p95 {p95:.1f} ms, p99 {p99:.1f} ms, max {max(lat):.1f} ms; exit {exit_code}")
+    for pid, samples in result["rss"].items():
+        print(f"  worker {pid}: RSS first {samples[0] / 1024:.0f} MiB, peak {max(samples) / 1024:.0f} MiB")
+    return calls / wall, p99
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=60.0)
@@ -319,43 +354,41 @@ def main() -> int:
     parser.add_argument("--launches", type=int, default=20)
     parser.add_argument("--pages", type=int, default=10)
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="for Madalyn_Frami")
+    parser.add_argument("--baseline", type=Path, help="another checkout (e.g. a git worktree) to run first")
+    parser.add_argument("--rounds", type=int, default=1, help="with --baseline: alternate this many times")
     args = parser.parse_args()
     name, body = typical_body(args.shared)
+    kib = len(body) / 1024
+    print(f"hooks: {name}, {kib:.0f} kB request, {args.workers} workers, concurrency {args.concurrency}")
     with tempfile.TemporaryDirectory(prefix="cds-soak-") as tmp:
         workdir = Path(tmp)
-        (workdir / "hooks").mkdir()
-        served = Served(workdir / "hooks", workers=args.workers, env={})
         try:
-            served.wait_ready(args.workers)
-            result = hook_load(served, body, concurrency=args.concurrency, seconds=args.seconds)
-            scraped = scraped_ok(served)
+            baselines, results = [], []
+            for n in range(args.rounds if args.baseline else 1):  # alternated: the machine is shared
+                if args.baseline:
+                    baselines.append(run_hooks(workdir / f"baseline-{n}", body, args, args.baseline))
+                results.append(run_hooks(workdir / f"hooks-{n}", body, args, None))
         except RuntimeError as exc:
             print(f"soak: the service could not be run: {exc}", file=sys.stderr)
-            served.stop()
             return 2
-        code = served.stop()
-        audited = audit_rows(served.db) if served.db.exists() else 0
         (workdir / "smart").mkdir()
         smart = smart_part(workdir / "smart", args)
-    lat = [x * 1000 for x in result["latencies"]]
-    calls = len(lat)
-    kib, wall = len(body) / 1024, result["wall"]
-    print(f"hooks: {name}, {kib:.0f} kB request, {args.workers} workers, concurrency {args.concurrency}")
-    print(f"  {calls} calls in {wall:.1f} s ({calls / wall:.1f} req/s), {result['errors']} errors")
-    p50, p95, p99 = statistics.median(lat), percentile(lat, 95), percentile(lat, 99)
-    print(f"  p50 {p50:.1f} ms, p95 {p95:.1f} ms, p99 {p99:.1f} ms, max {max(lat):.1f} ms")
-    for pid, samples in result["rss"].items():
-        print(f"  worker {pid}: RSS first {samples[0] / 1024:.0f} MiB, peak {max(samples) / 1024:.0f} MiB")
-    made = calls + args.concurrency  # each client's warm-up call is served, audited and counted too
-    print(
-        f"  calls made {made}; audit rows (hook, ok) {audited}; /metrics outcome=ok {scraped:.0f}; exit {code}"
-    )
+    for n, result in enumerate(results):
+        if baselines:
+            base_rate, base_p99 = report(f"round {n + 1}, baseline ({args.baseline})", baselines[n])
+        rate, p99 = report(f"round {n + 1}, this tree", result)
+        if baselines:
+            print(f"  ratio to this round's baseline: req/s {rate / base_rate:.2f}, p99 {p99 / base_p99:.2f}")
+        made = len(result["latencies"]) + args.concurrency  # each client's warm-up call is counted too
+        audited, scraped = result["audited"], result["scraped"]
+        print(f"  calls made {made}; audit rows (hook, ok) {audited}; /metrics ok {scraped:.0f}")
     print(
         f"smart: {args.launches} launches x {args.pages} page loads on new connections: "
         f"{smart['ok']}/{smart['loads']} answered 200, {smart['switched']} by the worker that did not "
         f"complete the launch, {smart['pids']} worker(s) answering"
     )
-    failed = result["errors"] or smart["ok"] != smart["loads"] or not audited == scraped == made
+    counted = all(r["audited"] == r["scraped"] == len(r["latencies"]) + args.concurrency for r in results)
+    failed = any(r["errors"] for r in results) or smart["ok"] != smart["loads"] or not counted
     return 1 if failed else 0
 
 

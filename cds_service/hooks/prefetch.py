@@ -100,7 +100,7 @@ def gather(
     found = sort_prefetch(request.prefetch, templates=templates, patient_id=patient_id)
     from_ehr = [*found.ready, *found.paged.values()]
     if not found.missing and not found.paged:
-        return Gathered(parts=found.ready, from_ehr=from_ehr)
+        return Gathered(parts=found.ready, from_ehr=found.ready)  # all of it the EHR's
     wanted = sorted([*found.missing, *found.paged])
     if not request.fhirServer:
         raise PrefetchUnavailable(f"prefetch {', '.join(wanted)} not provided and no fhirServer to fetch it")
@@ -134,14 +134,13 @@ def build_patient_record(gathered: Gathered, *, patient_id: str) -> PatientRecor
     patient's data and cannot trust what it sent. The Patient itself must be the chart's."""
     dropped: list[dict[str, Any]] = []
     record = build_record(gathered.parts, foreign="drop", dropped=dropped)
-    ehr = {id(resource) for resource in _resources(gathered.from_ehr)}
     if record.patient.get("id") != patient_id:
-        if id(record.patient) not in ehr:
+        if not _from_ehr(gathered, [record.patient]):
             raise PrefetchUnavailable("the FHIR server's Patient is not context.patientId")
         raise InvalidInput("the prefetched Patient is not context.patientId")
     if not dropped:
         return record
-    if any(id(resource) not in ehr for resource in dropped):
+    if not _from_ehr(gathered, dropped):
         raise PrefetchUnavailable("the FHIR server sent data about another patient")
     types = Counter(str(resource.get("resourceType")) for resource in dropped)
     metrics.FOREIGN_DROPPED.inc(len(dropped))
@@ -151,6 +150,15 @@ def build_patient_record(gathered: Gathered, *, patient_id: str) -> PatientRecor
         ", ".join(f"{name} {count}" for name, count in sorted(types.items())),
     )
     return record
+
+
+def _from_ehr(gathered: Gathered, resources: list[dict[str, Any]]) -> bool:
+    """True when every one of ``resources`` came in the EHR's own prefetch (by identity): walked
+    only on the rare paths that need it."""
+    if gathered.from_ehr is gathered.parts:
+        return True
+    ehr = {id(resource) for resource in _resources(gathered.from_ehr)}
+    return all(id(resource) in ehr for resource in resources)
 
 
 def _resources(parts: list[Any]) -> Iterator[dict[str, Any]]:

@@ -58,6 +58,7 @@ audit_table = Table(
     Column("duration_ms", Integer, nullable=False),
 )
 COLUMNS = [c.name for c in audit_table.columns if c.name != "id"]
+_INSERT = audit_table.insert()  # built once; executed with each row's parameters
 
 
 class Pseudonyms:
@@ -125,7 +126,7 @@ class AuditLog:
         }
         try:
             with self._engine.begin() as conn:
-                conn.execute(audit_table.insert().values(**row))
+                conn.execute(_INSERT, row)
         except SQLAlchemyError as exc:
             metrics.AUDIT_FAILURES.labels(kind=entry.kind).inc()
             log.error("audit write failed for a %s call: %s", entry.kind, type(exc).__name__)
