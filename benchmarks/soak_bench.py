@@ -134,7 +134,7 @@ class Served:
                 ready = requests.get(self.url + "/cds-services", timeout=1).status_code == 200
             except requests.RequestException:
                 ready = False
-            if ready and len(children(self.process.pid)) >= workers:
+            if ready and (workers == 1 or len(children(self.process.pid)) >= workers):
                 time.sleep(1.0)  # let the second worker finish its startup too
                 return
             time.sleep(0.2)
@@ -180,7 +180,7 @@ def hook_load(served: Served, body: bytes, *, concurrency: int, seconds: float) 
             latencies.extend(mine)
             errors[0] += failed
 
-    workers = children(served.process.pid)
+    workers = children(served.process.pid) or [served.process.pid]  # one worker: uvicorn itself
     rss: dict[int, list[int]] = {pid: [rss_kib(pid)] for pid in workers}
     threads = [threading.Thread(target=client) for _ in range(concurrency)]
     for t in threads:
