@@ -56,7 +56,7 @@ MAINTENANCE_EVERY = 24 * 3600.0
 
 
 @dataclass
-class _Closers:
+class _Lifecycle:
     """What the lifespan prunes periodically and closes at shutdown."""
 
     audit: AuditLog
@@ -90,7 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     sessions = SessionStore.for_settings(engine, settings)
     probe = DatabaseProbe(engine)
-    state = _Closers(audit=audit, sessions=sessions, closers=[probe, jwks, engine])
+    state = _Lifecycle(audit=audit, sessions=sessions, closers=[probe, jwks, engine])
 
     docs = settings.docs_enabled()
     app = FastAPI(
@@ -128,7 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def _lifespan(state: _Closers) -> Any:
+def _lifespan(state: _Lifecycle) -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(_maintain(state))
@@ -146,7 +146,7 @@ def _lifespan(state: _Closers) -> Any:
     return lifespan
 
 
-async def _maintain(state: _Closers) -> None:
+async def _maintain(state: _Lifecycle) -> None:
     """Audit retention and expired SMART sessions: at start, then daily (sessions hourly)."""
     elapsed = MAINTENANCE_EVERY
     while True:

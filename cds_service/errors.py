@@ -13,7 +13,7 @@ name what was wrong and where, and never carry patient data or tokens::
     │   ├── InvalidResource   one resource is not valid FHIR R4 (names Type/id and the field)
     │   └── ForeignData       (record) resources about a patient other than the record's
     ├── Unauthorized          the caller's credentials were refused (EHR JWT, SMART session)
-    │   └── JwksUnavailable   (hooks.auth) the issuer's JWK Set could not be fetched
+    │   └── JwksUnavailable   (hooks.jwks) the issuer's JWK Set could not be fetched
     ├── PrefetchUnavailable   the data a card needs can be had neither from prefetch nor from FHIR
     └── FhirError             the FHIR server failed us (``kind``: a metrics label, see ops.metrics)
         ├── FhirUnauthorized  it refused our token (401/403)
