@@ -188,3 +188,69 @@ def test_database_probe_closes() -> None:
     probe = DatabaseProbe(create_engine("sqlite://"))
     assert asyncio.run(probe.check()) == "ok"
     probe.close()
+
+
+@pytest.mark.parametrize(
+    ("mode", "kind"),
+    [
+        ("status:500", "http"),
+        ("status:401", "unauthorized"),
+        ("non-json", "invalid"),
+        ("not-bundle", "invalid"),
+        ("big", "too-large"),
+        ("loop-next", "paging"),
+        ("foreign-next", "paging"),
+        ("hang", "timeout"),
+    ],
+)
+def test_fhir_failures_are_counted_by_kind(mode: str, kind: str) -> None:
+    from cds_service.errors import FhirError
+    from cds_service.fhir.client import FhirClient
+    from cds_service.ops import metrics
+    from tests.support.faulty_fhir import FaultyFhirServer
+
+    counter = metrics.FHIR_FETCH_FAILURES.labels(kind=kind)
+    before, requests_before = counter._value.get(), metrics.FHIR_FETCH_DURATION._sum.get()
+    limits = Settings(
+        allow_http_loopback=True, fhir_total_timeout=1.0, fhir_page_limit=3, max_body_bytes=2048
+    )
+    with (
+        FaultyFhirServer(mode=mode, big_bytes=10_000) as server,
+        FhirClient(base_url=server.base_url, token="t0ken-for-counting", settings=limits) as client,
+        pytest.raises(FhirError),
+    ):
+        client.search("Observation?patient=p1")
+    assert counter._value.get() == before + 1  # one failing call, counted once
+    assert metrics.FHIR_FETCH_DURATION._sum.get() > requests_before
+
+
+def test_jwt_rejections_are_counted_by_reason() -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from cds_service.errors import Unauthorized
+    from cds_service.hooks.auth import EhrAuthenticator, JwtPolicy
+    from cds_service.ops import metrics
+    from tests.hooks.test_auth import AUD, ISS, claims, public_jwk, sign
+    from tests.support.jwks_server import JwksServer
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    with JwksServer() as jwks:
+        jwks.set_jwks("/jwks", [public_jwk(key, "k1", alg="ES384")])
+        auth = EhrAuthenticator(JwtPolicy(trusted_issuers={ISS: jwks.url("/jwks")}))
+        once = sign(key, "ES384", claims(), kid="k1")
+        cases = {
+            "no-token": None,
+            "malformed": "Bearer not-a-jwt",
+            "issuer": "Bearer " + sign(key, "ES384", claims(iss="https://who.example"), kid="k1"),
+            "kid": "Bearer " + sign(key, "ES384", claims(), kid="nope"),
+            "audience": "Bearer " + sign(key, "ES384", claims(aud="https://elsewhere.example/x"), kid="k1"),
+            "expired": "Bearer " + sign(key, "ES384", claims(exp=1, iat=0), kid="k1"),
+            "replay": "Bearer " + once,
+        }
+        auth.authenticate(authorization_header="Bearer " + once, audience=AUD)
+        for reason, header in cases.items():
+            counter = metrics.JWT_REJECTIONS.labels(reason=reason)
+            before = counter._value.get()
+            with pytest.raises(Unauthorized):
+                auth.authenticate(authorization_header=header, audience=AUD)
+            assert counter._value.get() == before + 1, reason
