@@ -4,8 +4,8 @@
   the pod restarted) because a database is slow.
 - ``/readyz`` checks that mappings are loaded and that the database answers a real ``SELECT 1``
   within ``DB_TIMEOUT`` seconds; otherwise 503 with a JSON body naming what is not ready. The
-  query runs in one dedicated thread: a database that hangs occupies that thread only, and later
-  probes report "timeout" at once until it comes back.
+  query runs in its own daemon thread, one at a time: a database that hangs occupies that thread
+  only, and later probes report "timeout" at once until it comes back.
 - ``/metrics``: with ``CDS_METRICS_TOKEN`` set, only ``Authorization: Bearer <token>``; without it,
   only callers on loopback. (A reverse proxy on the same host makes every caller look local: route
   only the paths you serve, or set the token.)
@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from concurrent.futures import Future, ThreadPoolExecutor
+import threading
+from concurrent.futures import Future
 from typing import Any
 
 import orjson
@@ -39,18 +40,29 @@ class DatabaseProbe:
     def __init__(self, engine: Engine, *, timeout: float = DB_TIMEOUT) -> None:
         self._engine = engine
         self._timeout = timeout
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="readyz-db")
         self._running: Future[None] | None = None
 
-    def _select_one(self) -> None:
-        with self._engine.connect() as conn:
-            conn.execute(text("SELECT 1")).scalar_one()
+    def _start(self) -> Future[None]:
+        """``SELECT 1`` in a daemon thread: one stuck on a dead database never blocks process exit."""
+        future: Future[None] = Future()
+
+        def run() -> None:
+            try:
+                with self._engine.connect() as conn:
+                    conn.execute(text("SELECT 1")).scalar_one()
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(None)
+
+        threading.Thread(target=run, name="readyz-db", daemon=True).start()
+        return future
 
     async def check(self) -> str:
         """ "ok", "timeout" or the error's type name (never its message: it may hold the URL)."""
         if self._running is not None and not self._running.done():
             return "timeout"
-        self._running = self._pool.submit(self._select_one)
+        self._running = self._start()
         try:
             await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self._running)), self._timeout)
         except TimeoutError:
@@ -60,7 +72,7 @@ class DatabaseProbe:
         return "ok"
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Nothing to release: the probe's thread ends with its query."""
 
 
 def build_ops_router(*, settings: Settings, catalog: Catalog, probe: DatabaseProbe) -> APIRouter:
