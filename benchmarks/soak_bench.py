@@ -155,6 +155,7 @@ def hook_load(served: Served, body: bytes, *, concurrency: int, seconds: float) 
     errors = [0]
     lock = threading.Lock()
     start = threading.Barrier(concurrency + 1)
+    go = threading.Event()  # set once ``ends`` is: every client runs the whole period
     ends = [0.0]
 
     def client() -> None:
@@ -163,6 +164,7 @@ def hook_load(served: Served, body: bytes, *, concurrency: int, seconds: float) 
         with requests.Session() as s:
             s.post(url, data=body, headers={"Content-Type": "application/json"}, timeout=60).close()
             start.wait()
+            go.wait()
             while time.monotonic() < ends[0]:
                 began = time.perf_counter()
                 try:
@@ -188,6 +190,7 @@ def hook_load(served: Served, body: bytes, *, concurrency: int, seconds: float) 
     start.wait()
     began = time.monotonic()
     ends[0] = began + seconds
+    go.set()
     while time.monotonic() < ends[0]:
         time.sleep(min(5.0, max(0.0, ends[0] - time.monotonic())))
         for pid in workers:
