@@ -1,8 +1,10 @@
 """The CDS Hooks edge: discovery, the patient-view service, and feedback.
 
-A hook call goes: authenticate the EHR (JWT) → parse the envelope (the prefetch is parsed once with
-orjson and never validated deeper than needed) → gather data (prefetch, else the FHIR server) →
-PatientRecord → engine → cards. Routes only delegate; errors map to statuses in ``app.py``.
+A hook call goes: authenticate the EHR (JWT, on the event loop, before the body is read) → parse
+the envelope (the prefetch is parsed once with orjson and never validated deeper than needed) →
+gather data (prefetch, else the FHIR server) → PatientRecord → engine → cards → the audit row,
+written before the answer leaves (fail closed, see ``ops.audit``). Routes only delegate; errors
+map to statuses in ``app.py``; metrics and the audit of failed calls are in ``ops.middleware``.
 """
 
 from __future__ import annotations
