@@ -46,6 +46,7 @@ from cds_service.hooks.service import FEEDBACK_PATH, HOOK_PATH, HookDeps, build_
 from cds_service.ops.audit import AuditLog, Pseudonyms
 from cds_service.ops.health import DatabaseProbe, build_ops_router
 from cds_service.ops.middleware import BodyLimit, HookObserver, RequestContext
+from cds_service.portfolio import load_portfolio
 from cds_service.settings import Settings, check_settings, get_settings
 from cds_service.smart.router import build_smart_router
 from cds_service.smart.sessions import SessionStore
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store=FeedbackStore(engine),
         audit=audit,
         pseudonyms=Pseudonyms.from_secret(secret),
+        portfolio=load_portfolio(settings.portfolio, catalog),
     )
     sessions = SessionStore.for_settings(engine, settings)
     probe = DatabaseProbe(engine)

@@ -1,12 +1,14 @@
-"""The ``cds-service`` command: evaluate a patient file, check mappings, (later) serve.
+"""cds-service: which clinical trials a patient may fit, and why: the CDS Hooks service and its tools.
 
 Exit codes: 0 success; 1 check-mappings found failing vectors; 2 bad input (one line on stderr
-naming the file and the problem, never a stack trace).
+naming the file and the problem, never a stack trace); 141 the reader of the output went away
+(e.g. ``| head``), which is not an error worth a message.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from datetime import date
@@ -15,12 +17,13 @@ from pathlib import Path
 import orjson
 
 from cds_service.engine.evaluate import evaluate
-from cds_service.engine.loader import load_catalog
+from cds_service.engine.loader import Catalog, load_catalog
 from cds_service.engine.report import EligibilityReport
 from cds_service.engine.time import parse_as_of
 from cds_service.engine.vectors import load_vectors, run_case
 from cds_service.errors import CdsServiceError, InvalidInput
-from cds_service.record import from_bytes, validate_resource
+from cds_service.gcpause import paused
+from cds_service.record import PatientRecord, build_record, parse_json, validate_resource
 
 _MARKS = {"met": "✔ met", "not-met": "✘ not-met", "unknown": "? unknown"}
 
@@ -30,10 +33,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
     except CdsServiceError as exc:
         print(f"cds-service: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return _reader_went_away()
     return code
+
+
+def _reader_went_away() -> int:
+    """``cds-service evaluate … | head``: stop quietly, as a pipeline's writer does (128 + SIGPIPE).
+
+    The unwritten rest of stdout is pointed at /dev/null so that the interpreter's final flush does
+    not print a second BrokenPipeError.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,18 +85,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    try:
-        as_of = parse_as_of(args.as_of) if args.as_of else date.today()
-    except ValueError as exc:
-        raise InvalidInput(f"--as-of: {exc}") from None
+    as_of = _as_of(args.as_of)
     catalog = load_catalog(args.mappings)
+    _check_trials(catalog, args.trial or ())
     path: Path = args.bundle
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise InvalidInput(f"{path}: cannot be read: {exc.strerror}") from None
     try:
-        record = from_bytes(data)
+        record = _bundle_record(data)
         if not args.fast:
             for resource in record.all_resources():
                 validate_resource(resource)
@@ -90,6 +106,62 @@ def _evaluate(args: argparse.Namespace) -> int:
     else:
         print(render_table(report))
     return 0
+
+
+def _as_of(value: str | None) -> date:
+    if not value:
+        return date.today()
+    try:
+        return parse_as_of(value)
+    except ValueError as exc:
+        detail = "expected a date YYYY-MM-DD" if "YYYY-MM-DD" in str(exc) else f"not a date ({exc})"
+        raise InvalidInput(f"--as-of {value!r}: {detail}") from None
+
+
+def _check_trials(catalog: Catalog, trial_ids: Sequence[str]) -> None:
+    """An unknown ``--trial`` is a mistake on the command line, not in the patient file."""
+    for trial_id in trial_ids:
+        if trial_id not in catalog.trials:
+            known = ", ".join(sorted(catalog.trials)) or "none"
+            raise InvalidInput(f"--trial {trial_id!r}: unknown trial in {catalog.root} (known: {known})")
+
+
+def _bundle_record(data: bytes) -> PatientRecord:
+    """One patient's Bundle, as README says; NDJSON, a bare resource or a JSON array get a message
+    saying what was expected instead of being read as something they are not."""
+    try:
+        document = parse_json(data)
+    except InvalidInput:
+        if _looks_like_ndjson(data):
+            raise InvalidInput(
+                "looks like NDJSON (one resource per line, as a Bulk Data export writes): evaluate reads "
+                "one patient's Bundle; for NDJSON use cds-service screen"
+            ) from None
+        raise
+    if isinstance(document, list):
+        raise InvalidInput(
+            'a JSON array, not a Bundle: evaluate reads one patient\'s Bundle ("resourceType": "Bundle")'
+        )
+    kind = document.get("resourceType") if isinstance(document, dict) else None
+    if isinstance(kind, str) and kind != "Bundle":
+        raise InvalidInput(
+            f"a {kind} resource, not a Bundle: evaluate reads one patient's Bundle "
+            "(put the patient's resources in a Bundle of type collection)"
+        )
+    with paused():
+        return build_record([document])
+
+
+def _looks_like_ndjson(data: bytes) -> bool:
+    """Two or more lines, the first of them a whole JSON object with a resourceType."""
+    first, newline, rest = data.lstrip().partition(b"\n")
+    if not newline or not rest.strip():
+        return False
+    try:
+        head = orjson.loads(first)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(head, dict) and isinstance(head.get("resourceType"), str)
 
 
 def render_table(report: EligibilityReport) -> str:

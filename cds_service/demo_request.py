@@ -7,6 +7,7 @@ holds them after a transaction.
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import sys
@@ -26,7 +27,10 @@ KEY_TYPES: Mapping[str, tuple[str, ...]] = {
     "findings": ("Observation",),
     "medicationRequests": ("MedicationRequest", "Medication"),
     "medicationStatements": ("MedicationStatement",),
+    "medicationAdministrations": ("MedicationAdministration",),
     "procedures": ("Procedure",),
+    "serviceRequests": ("ServiceRequest",),
+    "encounters": ("Encounter",),
     "immunizations": ("Immunization",),
     "immunizationRecommendations": ("ImmunizationRecommendation",),
     "allergies": ("AllergyIntolerance",),
@@ -83,15 +87,18 @@ def hook_request(bundle: Mapping[str, Any], templates: Iterable[str]) -> dict[st
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m cds_service.demo_request BUNDLE.json", file=sys.stderr)
-        return 2
+    parser = argparse.ArgumentParser(
+        prog="python -m cds_service.demo_request",
+        description="Print a patient-view hook request with full prefetch for a patient Bundle, "
+        "as an EHR would send it (to try the service: pipe it into curl).",
+    )
+    parser.add_argument("bundle", type=Path, metavar="BUNDLE.json", help="one patient's FHIR Bundle")
+    args = parser.parse_args(argv)
     try:
-        bundle = json.loads(Path(args[0]).read_text(encoding="utf-8"))
+        bundle = json.loads(args.bundle.read_text(encoding="utf-8"))
         request = hook_request(bundle, prefetch_templates(load_catalog()))
     except (OSError, ValueError, KeyError, StopIteration) as exc:
-        print(f"demo_request: {args[0]}: not a patient Bundle ({type(exc).__name__})", file=sys.stderr)
+        print(f"demo_request: {args.bundle}: not a patient Bundle ({type(exc).__name__})", file=sys.stderr)
         return 2
     json.dump(request, sys.stdout)
     return 0

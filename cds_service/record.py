@@ -4,6 +4,10 @@ Built from any Bundle (searchset, collection, transaction, with ``urn:uuid:`` or
 references), several Bundles (one per prefetch key), or loose resources. The body is parsed once
 with orjson and kept as plain dicts; a resource is validated as FHIR R4 (fhir.resources R4B) only
 when the engine actually reads it, because validating a whole heavy record costs ~30x the parse.
+
+The code index holds what a rule may match on: each resource's own code, an Observation's
+component codes (a blood pressure panel answers for its systolic value), the Observations a panel
+contains as ``hasMember``, and a medication order's Medication and ingredient codes.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import ValidationError
 
-from cds_service.codes import CVX, LOINC, RXNORM, SNOMED, normalize
+from cds_service.codes import PLAIN_SYSTEMS, normalize
 from cds_service.errors import ForeignData, InvalidInput, InvalidResource
 from cds_service.gcpause import paused
 
@@ -30,9 +34,11 @@ CODE_FIELDS: Mapping[str, tuple[str, ...]] = {
     "MedicationRequest": ("medicationCodeableConcept",),
     "MedicationStatement": ("medicationCodeableConcept",),
     "AllergyIntolerance": ("code",),
+    "MedicationAdministration": ("medicationCodeableConcept",),
     "ServiceRequest": ("code",),
     "Medication": ("code",),
 }
+MEDICATION_ORDERS = frozenset({"MedicationRequest", "MedicationStatement", "MedicationAdministration"})
 _SUBJECT_FIELDS = ("subject", "patient")
 
 
@@ -253,7 +259,7 @@ def _add_codes(concept: object, resource: Resource, index: dict[tuple[str, str],
                 bucket.append(resource)
 
 
-_CANONICAL = frozenset({SNOMED, LOINC, RXNORM, CVX})  # ICD-10-CM codes may still lack their dot
+_CANONICAL = PLAIN_SYSTEMS  # ICD-10-CM codes may still lack their dot, CVX codes have leading zeros
 
 
 def _index(entries: list[tuple[str | None, Resource]]) -> PatientRecord:
@@ -284,6 +290,7 @@ def _index(entries: list[tuple[str | None, Resource]]) -> PatientRecord:
             _add_codes(resource.get(field_name), resource, by_code)
         if resource_type == "Observation":
             _add_codes(resource.get("valueCodeableConcept"), resource, by_value_code)
+            _index_parts(resource, by_code, by_value_code)
         for name in _SUBJECT_FIELDS:
             ref = resource.get(name)
             target = ref.get("reference") if isinstance(ref, dict) else None
@@ -297,9 +304,66 @@ def _index(entries: list[tuple[str | None, Resource]]) -> PatientRecord:
     record = PatientRecord(
         patient=patient, by_type=by_type, by_code=by_code, by_url=by_url, by_value_code=by_value_code
     )
+    _index_medication_references(record)
     record.validate(patient)
     _refuse_other_patients(record, subjects)
     return record
+
+
+def _index_parts(
+    resource: Resource,
+    by_code: dict[tuple[str, str], list[Resource]],
+    by_value_code: dict[tuple[str, str], list[Resource]],
+) -> None:
+    """An Observation's components, and panel members it contains, answer for their own codes."""
+    components = resource.get("component")
+    if isinstance(components, list):
+        for component in components:
+            if isinstance(component, dict):
+                _add_codes(component.get("code"), resource, by_code)
+                _add_codes(component.get("valueCodeableConcept"), resource, by_value_code)
+    if "contained" not in resource or not isinstance(resource.get("hasMember"), list):
+        return
+    for member in contained_members(resource):  # found through the code index only, never by type
+        _add_codes(member.get("code"), member, by_code)
+        _add_codes(member.get("valueCodeableConcept"), member, by_value_code)
+
+
+def contained_members(panel: Resource) -> list[Resource]:
+    """The panel's ``hasMember`` Observations that it carries as ``#contained`` resources, each
+    completed from the panel (status, date, subject) where it says nothing, and answering with the
+    panel's reference (a contained resource cannot be linked to on its own)."""
+    wanted = {
+        ref["reference"][1:]
+        for ref in panel.get("hasMember") or ()
+        if isinstance(ref, dict)
+        and isinstance(ref.get("reference"), str)
+        and ref["reference"].startswith("#")
+    }
+    members = []
+    for item in panel.get("contained") or ():
+        if isinstance(item, dict) and item.get("resourceType") == "Observation" and item.get("id") in wanted:
+            member = {k: v for k, v in panel.items() if k in _INHERITED and k not in item}
+            member.update({k: v for k, v in item.items() if k != "id"})
+            member["id"] = panel.get("id")
+            members.append(member)
+    return members
+
+
+_INHERITED = ("status", "subject", "effectiveDateTime", "effectivePeriod", "effectiveInstant", "issued")
+
+
+def _index_medication_references(record: PatientRecord) -> None:
+    """A medication order matches by its Medication's code and ingredients as well as its own code."""
+    for resource_type in MEDICATION_ORDERS:
+        for resource in record.resources(resource_type):
+            if "medicationReference" not in resource:
+                continue
+            own = set(normalized_codes(resource.get("medicationCodeableConcept")))
+            for key in record.medication_codes(resource):
+                if key not in own:
+                    record.by_code.setdefault(key, []).append(resource)
+                    own.add(key)
 
 
 def _refuse_other_patients(record: PatientRecord, subjects: Mapping[str, tuple[Resource, str]]) -> None:

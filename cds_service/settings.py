@@ -9,6 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -28,6 +29,12 @@ class Settings(BaseSettings):
         default="development", description="production refuses unsafe settings (see production_problems)"
     )
     mappings_dir: Path | None = Field(default=None, description="trials and value sets (default: packaged)")
+    portfolio: Path | None = Field(
+        default=None, description="the site's portfolio file (default: every trial, to clinicians)"
+    )
+    site_timezone: str = Field(
+        default="UTC", description="IANA zone giving every face its evaluation date (e.g. Europe/Paris)"
+    )
     public_base_url: str | None = Field(
         default=None, description="this service's external base URL, for JWT aud and links"
     )
@@ -93,6 +100,21 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("site_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"CDS_SITE_TIMEZONE {value!r} is not an IANA time zone (e.g. Europe/Paris)"
+            ) from None
+        return value
+
+    def tz(self) -> ZoneInfo:
+        """The site's time zone: its calendar gives the evaluation date on every face."""
+        return ZoneInfo(self.site_timezone)
 
     @model_validator(mode="after")
     def _audience_is_configured(self) -> Settings:

@@ -19,6 +19,7 @@ pytest_plugins = ["tests.support.log_capture"]
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"
 ALL_CONSTRUCTS = DATA / "all-constructs"
+MORE_CONSTRUCTS = DATA / "more-constructs"
 SHARED = REPO.parent / "shared"
 SHARED_SYNTHEA = SHARED / "data" / "synthea"
 
@@ -31,6 +32,11 @@ def packaged_catalog() -> Catalog:
 @cache
 def all_constructs_catalog() -> Catalog:
     return load_catalog(ALL_CONSTRUCTS)
+
+
+@cache
+def more_constructs_catalog() -> Catalog:
+    return load_catalog(MORE_CONSTRUCTS)
 
 
 @pytest.fixture

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,7 +30,7 @@ def test_json_report_has_exactly_the_contract_fields(capsys: pytest.CaptureFixtu
     assert set(report) == {"patient", "as_of", "trials"}
     assert report["as_of"] == "2026-06-01" and report["patient"].startswith("Patient/")
     trial = report["trials"][0]
-    assert set(trial) == {"trial", "title", "status", "criteria"}
+    assert set(trial) == {"trial", "title", "version", "effective", "status", "criteria"}
     for criterion in trial["criteria"]:
         assert set(criterion) == {"id", "kind", "result", "manual", "reason", "evidence"}
         for item in criterion["evidence"]:
@@ -50,6 +52,8 @@ def test_table_names_trial_status_and_every_criterion(capsys: pytest.CaptureFixt
         (b"{not json", "not JSON"),
         (b'{"resourceType": "Patient"', "not JSON"),
         (b'{"hello": 1}', "no resourceType"),
+        (b'{"resourceType": "Patient", "id": "a"}', "a Patient resource, not a Bundle"),
+        (b'[{"resourceType": "Patient", "id": "a"}]', "a JSON array, not a Bundle"),
         (b'{"resourceType": "Bundle", "type": "collection", "entry": []}', "no Patient resource"),
         (
             b'{"resourceType": "Bundle", "type": "collection", "entry": ['
@@ -88,14 +92,79 @@ def test_missing_file_and_bad_date(tmp_path: Path, capsys: pytest.CaptureFixture
     code, _, err = _run(capsys, "evaluate", str(tmp_path / "nope.json"))
     assert code == 2 and "nope.json: cannot be read" in err
     code, _, err = _run(capsys, "evaluate", str(LIZ), "--as-of", "01/06/2026")
-    assert code == 2 and "--as-of" in err
+    assert code == 2 and "--as-of '01/06/2026': expected a date YYYY-MM-DD" in err
 
 
-def test_unknown_trial(capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_impossible_date_is_echoed(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _run(capsys, "evaluate", str(LIZ), "--as-of", "2026-13-01")
+    assert code == 2 and out == ""
+    assert "--as-of '2026-13-01': not a date (month must be in 1..12)" in err
+
+
+def test_unknown_trial_is_blamed_on_the_option_not_the_patient_file(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     code, _, err = _run(
         capsys, "evaluate", str(LIZ), "--trial", "NCT00000000", "--mappings", str(ALL_CONSTRUCTS)
     )
-    assert code == 2 and "no trial 'NCT00000000'" in err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--trial 'NCT00000000': unknown trial" in err and "(known: TEST-ALL)" in err
+    assert str(LIZ) not in err
+
+
+def test_ndjson_is_recognised_and_pointed_to_screen(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle = json.loads((DATA / "demo" / "sle-likely-eligible.json").read_text())
+    path = tmp_path / "Patient.ndjson"
+    path.write_text("".join(json.dumps(entry["resource"]) + "\n" for entry in bundle["entry"]))
+    code, out, err = _run(capsys, "evaluate", str(path))
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert f"{path}: looks like NDJSON" in err and "use cds-service screen" in err
+
+
+def test_broken_json_over_several_lines_is_not_called_ndjson(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "patient.json"
+    path.write_text('{"resourceType": "Bundle",\n "entry": [\n')
+    code, _, err = _run(capsys, "evaluate", str(path))
+    assert code == 2 and "not JSON" in err and "NDJSON" not in err
+
+
+@pytest.mark.parametrize("extra", [[], ["--json"]], ids=["table", "json"])
+def test_a_closed_pipe_ends_quietly(extra: list[str]) -> None:
+    """`cds-service evaluate … | head`: the reader is gone before the report is written."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cds_service.cli", "evaluate", str(LIZ), "--as-of", "2026-06-01", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    process.stdout.close()
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 141
+    assert err.decode() == ""
+
+
+def test_help_lists_the_real_commands_in_plain_text(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert exited.value.code == 0
+    for command in ("evaluate", "check-mappings", "serve"):
+        assert f"    {command}" in out
+    assert "``" not in out and "(later)" not in out
+
+
+def test_demo_request_help_is_help_not_a_file_name(capsys: pytest.CaptureFixture[str]) -> None:
+    from cds_service.demo_request import main as demo_main
+
+    with pytest.raises(SystemExit) as exited:
+        demo_main(["--help"])
+    out, err = capsys.readouterr()
+    assert exited.value.code == 0 and err == ""
+    assert out.startswith("usage: python -m cds_service.demo_request") and "BUNDLE.json" in out
 
 
 def test_check_mappings_passes_on_the_test_only_trial(capsys: pytest.CaptureFixture[str]) -> None:

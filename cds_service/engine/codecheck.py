@@ -1,14 +1,32 @@
 """Well-formedness of codes in mapping files, so that a typo fails at load, not at the bedside.
 
 SNOMED CT identifiers carry a Verhoeff check digit and a partition id; LOINC codes a mod-10 check
-digit. ICD-10-CM entries may also be a prefix (``C44*``) or a category range (``C00-C96``).
+digit, and LOINC answer (``LA…``) and part (``LP…``) codes the variant of it that LOINC uses for
+identifiers with letters (the OpenMRS Luhn variant; LOINC Users' Guide, appendix C). ICD-10-CM
+entries may also be a prefix (``C44*``) or a category range (``C00-C96``). Other systems are
+checked for their shape: CPT, HCPCS Level II, ICD-10-PCS, NDC, ATC, ICD-O-3.
 """
 
 from __future__ import annotations
 
 import re
 
-from cds_service.codes import CVX, ICD10CM, LOINC, RXNORM, SNOMED
+from cds_service.codes import (
+    ATC,
+    CPT,
+    CVX,
+    HCPCS,
+    HGNC,
+    ICD10,
+    ICD10CM,
+    ICD10PCS,
+    ICDO3,
+    LOINC,
+    NCIT,
+    NDC,
+    RXNORM,
+    SNOMED,
+)
 
 _VERHOEFF_D = (
     (0, 1, 2, 3, 4, 5, 6, 7, 8, 9),
@@ -46,14 +64,20 @@ def verhoeff_ok(digits: str) -> bool:
 
 
 def loinc_ok(code: str) -> bool:
-    match = re.fullmatch(r"(\d{1,7})-(\d)", code)
+    """A LOINC term (``2160-0``), answer (``LA6576-8``) or part (``LP7839-6``) with its check digit."""
+    match = re.fullmatch(r"((?:LA|LP)?\d{1,7})-(\d)", code)
     if match is None:
         return False
-    body, check = match.group(1), int(match.group(2))
-    odd = "".join(body[i] for i in range(len(body) - 1, -1, -2))[::-1]
-    even = [int(body[i]) for i in range(len(body) - 2, -1, -2)]
-    total = sum(int(d) for d in str(int(odd) * 2)) + sum(even)
-    return (10 - total % 10) % 10 == check
+    return _luhn_ascii(match.group(1)) == int(match.group(2))
+
+
+def _luhn_ascii(body: str) -> int:
+    """LOINC's mod-10 check digit; for digits only it equals the Users' Guide's eight-step method."""
+    total = 0
+    for position, char in enumerate(reversed(body.upper())):
+        digit = ord(char) - 48
+        total += (2 * digit) - (digit // 5) * 9 if position % 2 == 0 else digit
+    return (10 - ((abs(total) + 10) % 10)) % 10
 
 
 def icd10cm_range(code: str) -> tuple[str, str] | None:
@@ -77,7 +101,28 @@ def check_code(*, system: str, code: str) -> None:
         bounds = icd10cm_range(code)
         if bounds is None or bounds[0] > bounds[1]:
             raise ValueError(f"ICD-10-CM code {code!r} is not a code, 'X12*' prefix or 'A00-B99' range")
-    elif system == RXNORM and not re.fullmatch(r"[1-9]\d{0,8}", code):
-        raise ValueError(f"RxNorm RXCUI {code!r} is not a number")
-    elif system == CVX and not re.fullmatch(r"\d{1,3}", code):
-        raise ValueError(f"CVX code {code!r} is not 1-3 digits")
+    elif system in _SHAPES:
+        pattern, what = _SHAPES[system]
+        if not pattern.fullmatch(code):
+            raise ValueError(f"{code!r} is not {what}")
+
+
+_SHAPES: dict[str, tuple[re.Pattern[str], str]] = {
+    RXNORM: (re.compile(r"[1-9]\d{0,8}"), "an RxNorm RXCUI (a number)"),
+    CVX: (re.compile(r"\d{1,3}"), "a CVX code (1-3 digits)"),
+    CPT: (re.compile(r"\d{4}[0-9FTU]"), "a CPT code (4 digits and a digit, F, T or U)"),
+    HCPCS: (re.compile(r"[A-V]\d{4}"), "an HCPCS Level II code (a letter A-V and 4 digits)"),
+    ICD10PCS: (re.compile(r"[0-9A-HJ-NP-Z]{7}"), "an ICD-10-PCS code (7 characters, no I or O)"),
+    NDC: (
+        re.compile(r"\d{11}|\d{4}-\d{4}-\d{2}|\d{5}-\d{3}-\d{2}|\d{5}-\d{4}-\d{1,2}"),
+        "an NDC (11 digits, or 4-4-2 / 5-3-2 / 5-4-1 / 5-4-2 with hyphens)",
+    ),
+    ATC: (re.compile(r"[A-Z](\d{2}([A-Z]([A-Z](\d{2})?)?)?)?"), "an ATC code at some level (e.g. L01XC32)"),
+    ICDO3: (
+        re.compile(r"\d{4}/\d|C\d{2}(\.\d)?"),
+        "an ICD-O-3 morphology (8140/3) or topography (C50.9) code",
+    ),
+    ICD10: (re.compile(r"[A-Z]\d[0-9A-Z](\.[0-9A-Z]{1,4})?"), "an ICD-10 code (e.g. C50.9)"),
+    NCIT: (re.compile(r"C\d{1,7}"), "an NCI Thesaurus code (C and digits, e.g. C27966)"),
+    HGNC: (re.compile(r"HGNC:\d{1,6}"), "an HGNC gene id (HGNC:8975)"),
+}

@@ -1,30 +1,26 @@
 """Evaluate trials against a patient record: Kleene three-valued logic over data rules.
 
 A data rule first reports what it saw (a Finding); the mapping's ``if_found`` / ``if_absent``
-policy then turns that into met / not-met / unknown. ``any`` / ``all`` / ``not`` combine results
-(Kleene), keeping the reasons and evidence of the children that decided.
+policy then turns that into met / not-met / unknown. ``any`` / ``all`` / ``not`` / ``at_least``
+combine results (Kleene), keeping the reasons and evidence of the children that decided; a rule's
+``note`` joins its reason only when that rule's own data decided it.
+
+Work the trials share is done once per patient: equal rules (by their canonical form, computed at
+load) and equal criteria are evaluated once and their results reused, so fifty trials built from
+the same building blocks cost little more than one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date
-from typing import Any
+from datetime import UTC, date, tzinfo
 
-from cds_service.engine.conditions import evaluate_condition
 from cds_service.engine.context import Context
-from cds_service.engine.events import (
-    evaluate_age,
-    evaluate_allergy,
-    evaluate_immunization,
-    evaluate_procedure,
-)
 from cds_service.engine.facts import Finding
-from cds_service.engine.labs import evaluate_lab
+from cds_service.engine.kinds import EVALUATORS
 from cds_service.engine.loader import Catalog
-from cds_service.engine.medications import evaluate_medication
-from cds_service.engine.model import Criterion, Leaf, Rule, Trial
+from cds_service.engine.model import AllRule, AnyRule, AtLeastRule, Criterion, Leaf, NotRule, RuleModel, Trial
 from cds_service.engine.report import (
     CriterionResult,
     EligibilityReport,
@@ -39,29 +35,23 @@ from cds_service.record import PatientRecord
 MANUAL_REASON = "requires clinician review"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Outcome:
     result: ResultValue
     reason: str
     evidence: tuple[Evidence, ...] = ()
 
 
-_LEAVES: dict[str, Callable[[Any, Context], Finding]] = {
-    "age": evaluate_age,
-    "condition": evaluate_condition,
-    "lab": evaluate_lab,
-    "medication": evaluate_medication,
-    "procedure": evaluate_procedure,
-    "immunization": evaluate_immunization,
-    "allergy": evaluate_allergy,
-}
-
-
 def evaluate(
-    catalog: Catalog, record: PatientRecord, *, as_of: date, trial_ids: Iterable[str] | None = None
+    catalog: Catalog,
+    record: PatientRecord,
+    *,
+    as_of: date,
+    trial_ids: Iterable[str] | None = None,
+    tz: tzinfo = UTC,
 ) -> EligibilityReport:
-    """The eligibility report for every trial (or the named ones) on ``as_of``."""
-    ctx = Context(record=record, valuesets=catalog.valuesets, as_of=as_of)
+    """The eligibility report for every trial (or the named ones) on ``as_of`` (the site's date)."""
+    ctx = Context(record=record, catalog=catalog, as_of=as_of, tz=tz)
     chosen = [catalog.trial(t) for t in trial_ids] if trial_ids else list(catalog.trials.values())
     try:
         trials = [evaluate_trial(trial, ctx) for trial in chosen]
@@ -79,6 +69,8 @@ def evaluate_trial(trial: Trial, ctx: Context) -> TrialResult:
     return TrialResult(
         trial=trial.trial,
         title=trial.title,
+        version=trial.version,
+        effective=trial.effective.isoformat(),
         status=trial_status(results, deceased=is_deceased(ctx)),
         criteria=results,
     )
@@ -101,12 +93,30 @@ def is_deceased(ctx: Context) -> bool:
     patient = ctx.record.patient
     if patient.get("deceasedBoolean") is True:
         return True
-    died = day_range(patient.get("deceasedDateTime"))
+    died = day_range(patient.get("deceasedDateTime"), ctx.tz)
     return died is not None and died.first <= ctx.as_of
 
 
 def evaluate_criterion(criterion: Criterion, ctx: Context) -> CriterionResult:
+    rule_key = ctx.catalog.key(criterion.rule) if criterion.rule is not None else ""
+    hint_key = ctx.catalog.key(criterion.hint) if criterion.hint is not None else ""
+    key = (
+        f"criterion|{criterion.id}|{criterion.kind}|{criterion.manual}|{criterion.note}|{rule_key}|{hint_key}"
+    )
+    cached = ctx.memo.get(key)
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    result = _evaluate_criterion(criterion, ctx)
+    ctx.memo[key] = result
+    return result
+
+
+def _evaluate_criterion(criterion: Criterion, ctx: Context) -> CriterionResult:
     outcome = Outcome("unknown", MANUAL_REASON)
+    if criterion.hint is not None:  # shown to the reviewer, never deciding
+        hint = evaluate_rule(criterion.hint, ctx)
+        if hint.evidence or hint.result != "not-met":
+            outcome = Outcome("unknown", f"{MANUAL_REASON}; recorded: {hint.reason}", hint.evidence)
     if criterion.rule is not None:
         outcome = evaluate_rule(criterion.rule, ctx)
         if criterion.manual and outcome.result != "met":
@@ -116,9 +126,7 @@ def evaluate_criterion(criterion: Criterion, ctx: Context) -> CriterionResult:
         resource = ctx.record.by_url.get(item.reference)
         if resource is not None:
             ctx.record.validate(resource)
-    reason = outcome.reason
-    if criterion.note:
-        reason = f"{reason}; {criterion.note}"
+    reason = f"{outcome.reason}; {criterion.note}" if criterion.note else outcome.reason
     return CriterionResult(
         id=criterion.id,
         kind=criterion.kind,
@@ -133,49 +141,63 @@ def _evidence_order(item: Evidence) -> tuple[str, str, str]:
     return (item.date or "", item.reference, item.value or "")
 
 
-def evaluate_rule(rule: Rule, ctx: Context) -> Outcome:
-    if rule.any is not None:
-        return _combine("any", [evaluate_rule(child, ctx) for child in rule.any])
-    if rule.all is not None:
-        return _combine("all", [evaluate_rule(child, ctx) for child in rule.all])
-    if rule.not_ is not None:
+def evaluate_rule(rule: RuleModel, ctx: Context) -> Outcome:
+    """The rule's outcome for this patient, worked out once per distinct rule."""
+    key = ctx.catalog.rule_keys.get(id(rule))
+    if key is not None:
+        cached = ctx.memo.get(key)
+        if cached is not None:
+            return cached  # type: ignore[no-any-return]
+    outcome = _evaluate_rule(rule, ctx)
+    if key is not None:
+        ctx.memo[key] = outcome
+    return outcome
+
+
+def _evaluate_rule(rule: RuleModel, ctx: Context) -> Outcome:
+    if isinstance(rule, AnyRule):
+        return combine("any", [evaluate_rule(child, ctx) for child in rule.any])
+    if isinstance(rule, AllRule):
+        return combine("all", [evaluate_rule(child, ctx) for child in rule.all])
+    if isinstance(rule, NotRule):
         inner = evaluate_rule(rule.not_, ctx)
-        flipped = {"met": "not-met", "not-met": "met", "unknown": "unknown"}[inner.result]
-        return Outcome(flipped, f"not ({inner.reason})", inner.evidence)  # type: ignore[arg-type]
-    for name, evaluator in _LEAVES.items():
-        leaf = getattr(rule, name)
-        if leaf is not None:
-            return _apply_policy(leaf, evaluator(leaf, ctx), ctx, is_lab=name == "lab")
-    raise AssertionError("unreachable: the model requires exactly one rule kind")
+        flipped: ResultValue = {"met": "not-met", "not-met": "met", "unknown": "unknown"}[inner.result]  # type: ignore[assignment]
+        return Outcome(flipped, f"not ({inner.reason})", inner.evidence)
+    if isinstance(rule, AtLeastRule):
+        return at_least(rule.n, [evaluate_rule(child, ctx) for child in rule.of])
+    finding = EVALUATORS[rule.kind](rule, ctx)
+    return apply_policy(rule, finding, ctx)
 
 
-def _apply_policy(leaf: Any, finding: Finding, ctx: Context, *, is_lab: bool) -> Outcome:
-    outcome = _policy_result(leaf, finding, ctx, is_lab=is_lab)
-    note = getattr(leaf, "note", None)
-    if note:
+def apply_policy(rule: RuleModel, finding: Finding, ctx: Context) -> Outcome:
+    """Finding → result by the mapping's policy; the rule's note joins the reason only when this
+    rule found what it looks for (the note explains that finding, and is false for any other)."""
+    outcome = _policy_result(rule, finding, ctx)
+    note = getattr(rule, "note", None)
+    if note and finding.kind == "found":
         return Outcome(outcome.result, f"{outcome.reason} ({note})", outcome.evidence)
     return outcome
 
 
-def _policy_result(leaf: Any, finding: Finding, ctx: Context, *, is_lab: bool) -> Outcome:
+def _policy_result(rule: RuleModel, finding: Finding, ctx: Context) -> Outcome:
     if finding.kind == "found":
-        found = leaf.if_found if isinstance(leaf, Leaf) else "met"
+        found: ResultValue = rule.if_found if isinstance(rule, Leaf) else "met"
         return Outcome(found, finding.reason, finding.evidence)
     if finding.kind == "against":
         return Outcome("not-met", finding.reason, finding.evidence)
     if finding.kind == "undetermined":
         return Outcome("unknown", finding.reason, finding.evidence)
-    if not isinstance(leaf, Leaf):
-        return Outcome("unknown", finding.reason)
-    if leaf.absent_unknown_only_if is not None:
-        guard = evaluate_rule(leaf.absent_unknown_only_if, ctx)
+    if not isinstance(rule, Leaf):
+        return Outcome("unknown", finding.reason, finding.evidence)
+    if rule.absent_unknown_only_if is not None:
+        guard = evaluate_rule(rule.absent_unknown_only_if, ctx)
         if guard.result == "met":
             return Outcome("unknown", f"{finding.reason}, and {guard.reason}", guard.evidence)
-        return Outcome("not-met", finding.reason)
-    return Outcome(leaf.if_absent or ("unknown" if is_lab else "not-met"), finding.reason)
+        return Outcome("not-met", finding.reason, finding.evidence)
+    return Outcome(rule.if_absent or rule.DEFAULT_ABSENT, finding.reason, finding.evidence)
 
 
-def _combine(mode: str, children: list[Outcome]) -> Outcome:
+def combine(mode: str, children: list[Outcome]) -> Outcome:
     """Kleene any/all, explaining the result by the children that decided it."""
     decisive = "met" if mode == "any" else "not-met"
     other = "not-met" if mode == "any" else "met"
@@ -184,7 +206,27 @@ def _combine(mode: str, children: list[Outcome]) -> Outcome:
         if chosen:
             if wanted == other and len(chosen) != len(children):
                 continue
-            reason = "; ".join(dict.fromkeys(c.reason for c in chosen))
-            proofs = tuple(e for c in chosen for e in c.evidence)
-            return Outcome(wanted, reason, proofs)  # type: ignore[arg-type]
+            return _explained(wanted, chosen)  # type: ignore[arg-type]
     raise AssertionError("unreachable: any/all have at least one child")
+
+
+def at_least(n: int, children: list[Outcome]) -> Outcome:
+    """Kleene 'at least n of': met when ≥ n are met; not-met when too many are not-met for n to be
+    reached; otherwise unknown. at_least(1) is any, at_least(len) is all."""
+    met = [c for c in children if c.result == "met"]
+    not_met = [c for c in children if c.result == "not-met"]
+    unknown = [c for c in children if c.result == "unknown"]
+    if len(met) >= n:
+        return _explained("met", met, prefix=f"{len(met)} of {len(children)} (needs {n}): ")
+    if len(children) - len(not_met) < n:
+        return _explained(
+            "not-met", not_met, prefix=f"{len(met)} of {len(children)} can be met (needs {n}): "
+        )
+    prefix = f"{len(met)} of {len(children)} met, {len(unknown)} to review (needs {n}): "
+    return _explained("unknown", unknown + met, prefix=prefix)
+
+
+def _explained(result: ResultValue, chosen: list[Outcome], *, prefix: str = "") -> Outcome:
+    reason = prefix + "; ".join(dict.fromkeys(c.reason for c in chosen))
+    proofs = tuple(e for c in chosen for e in c.evidence)
+    return Outcome(result, reason, proofs)

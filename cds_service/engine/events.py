@@ -1,4 +1,4 @@
-"""Dated events and demographics: age, procedures, immunizations (given and planned), allergies."""
+"""Dated events: procedures, immunizations (given and planned), encounters, and allergies."""
 
 from __future__ import annotations
 
@@ -10,41 +10,22 @@ from cds_service.engine.context import Context
 from cds_service.engine.facts import (
     CONDITION_IGNORED,
     Finding,
-    candidates,
     concept_label,
+    distinct_days,
     evidence,
     first_code,
+    more,
     period_start,
+    plural,
     status_counts,
 )
-from cds_service.engine.model import AgeRule, AllergyRule, ImmunizationRule, ProcedureRule
-from cds_service.engine.time import DayRange, WindowSpec, age_on, day_range, place
+from cds_service.engine.model import AllergyRule, EncounterRule, ImmunizationRule, ProcedureRule
+from cds_service.engine.report import Evidence
+from cds_service.engine.time import DayRange, WindowSpec, place
 from cds_service.engine.valuesets import CompiledValueSet
 from cds_service.record import Resource, codings, reference_of
 
-
-def evaluate_age(rule: AgeRule, ctx: Context) -> Finding:
-    patient = ctx.record.patient
-    born = day_range(patient.get("birthDate"))
-    if born is None:
-        return Finding("undetermined", "no birth date recorded")
-    youngest, oldest = age_on(born.last, ctx.as_of), age_on(born.first, ctx.as_of)
-    bounds = f"{'≥ ' + str(rule.min) if rule.min is not None else ''}" + (
-        f"{' and ' if rule.min is not None and rule.max is not None else ''}"
-        f"{'≤ ' + str(rule.max) if rule.max is not None else ''}"
-    )
-
-    def fits(age: int) -> bool:
-        return (rule.min is None or age >= rule.min) and (rule.max is None or age <= rule.max)
-
-    age_text = str(youngest) if youngest == oldest else f"{youngest}-{oldest}"
-    proof = (evidence(patient, value=f"born {born}", day=born),)
-    reason = f"age {age_text} on {ctx.as_of.isoformat()}"
-    if fits(youngest) and fits(oldest):
-        return Finding("found", f"{reason} (needs {bounds})", proof)
-    if not fits(youngest) and not fits(oldest):
-        return Finding("against", f"{reason} (needs {bounds})", proof)
-    return Finding("undetermined", f"{reason}: birth date too imprecise (needs {bounds})", proof)
+Hit = tuple[Resource, DayRange | None, str]
 
 
 def evaluate_procedure(rule: ProcedureRule, ctx: Context) -> Finding:
@@ -52,8 +33,11 @@ def evaluate_procedure(rule: ProcedureRule, ctx: Context) -> Finding:
     category = ctx.valueset(rule.category) if rule.category else None
     excluded = ctx.valueset(rule.except_valueset) if rule.except_valueset else None
     title = " / ".join(v.title for v in (codes, category) if v is not None)
-    pool = candidates(ctx.record, codes, ("Procedure",)) if codes else iter(ctx.record.resources("Procedure"))
-    hits = []
+    pool = (
+        ctx.candidates(rule.valueset, ("Procedure",)) if rule.valueset else ctx.record.resources("Procedure")
+    )
+    oldest = rule.at_least_ago.start(ctx.as_of) if rule.at_least_ago else None
+    hits: list[Hit] = []
     for resource in pool:
         if not status_counts(resource) or resource.get("status") == "preparation":
             continue
@@ -63,22 +47,44 @@ def evaluate_procedure(rule: ProcedureRule, ctx: Context) -> Finding:
             continue
         if excluded and excluded.matching_coding(codings(resource.get("code"))):
             continue
-        day = day_range(resource.get("performedDateTime")) or period_start(resource.get("performedPeriod"))
-        hits.append((resource, day))
-    return _dated_events(hits, rule.window, ctx, title=title, valueset=codes)
+        day = ctx.day(resource.get("performedDateTime")) or period_start(
+            resource.get("performedPeriod"), ctx.tz
+        )
+        if oldest is not None and day is not None and day.first > oldest:
+            continue  # too recent: the protocol asks for one at least that long ago
+        hits.append((resource, day, concept_label(resource.get("code"), codes)))
+    done = dated_events(hits, rule.window, ctx, title=title, min_count=rule.min_count)
+    if done.kind == "found" or not rule.planned or rule.valueset is None:
+        return done
+    return _planned_procedure(rule.valueset, codes, done, ctx)
+
+
+def _planned_procedure(name: str, codes: CompiledValueSet | None, done: Finding, ctx: Context) -> Finding:
+    planned = [
+        r
+        for r in ctx.candidates(name, ("ServiceRequest",))
+        if r.get("status") == "active" and r.get("intent") != "proposal"
+    ]
+    if not planned:
+        return Finding(done.kind, f"{done.reason}; none planned", done.evidence)
+    planned.sort(key=reference_of)
+    proofs = tuple(evidence(r, value=concept_label(r.get("code"), codes)) for r in planned)
+    label = concept_label(planned[0].get("code"), codes)
+    return Finding("found", f"{label} planned (ServiceRequest)", proofs)
 
 
 def evaluate_immunization(rule: ImmunizationRule, ctx: Context) -> Finding:
     valueset = ctx.valueset(rule.valueset)
-    hits = []
-    for resource in candidates(ctx.record, valueset, ("Immunization",)):
+    hits: list[Hit] = []
+    for resource in ctx.candidates(rule.valueset, ("Immunization",)):
         if resource.get("status") != "completed":
             continue  # not-done and entered-in-error doses were never given
-        hits.append((resource, day_range(resource.get("occurrenceDateTime"))))
-    given = _dated_events(hits, rule.window, ctx, title=valueset.title, valueset=valueset)
+        label = concept_label(resource.get("vaccineCode"), valueset)
+        hits.append((resource, ctx.day(resource.get("occurrenceDateTime")), label))
+    given = dated_events(hits, rule.window, ctx, title=valueset.title)
     if given.kind == "found" or not rule.planned:
         return given
-    planned = sorted(_planned(valueset, ctx), key=lambda item: reference_of(item[0]))
+    planned = sorted(_planned(rule.valueset, valueset, ctx), key=lambda item: reference_of(item[0]))
     if planned:
         resource, label = planned[0]
         proofs = tuple(evidence(r, value=lbl) for r, lbl in planned)
@@ -86,27 +92,63 @@ def evaluate_immunization(rule: ImmunizationRule, ctx: Context) -> Finding:
     return Finding(given.kind, f"{given.reason}; none planned", given.evidence)
 
 
-def _planned(valueset: CompiledValueSet, ctx: Context) -> Iterator[tuple[Resource, str]]:
+def _planned(name: str, valueset: CompiledValueSet, ctx: Context) -> Iterator[tuple[Resource, str]]:
     for resource in ctx.record.resources("ImmunizationRecommendation"):
         for item in resource.get("recommendation") or ():
-            concepts = item.get("vaccineCode") or [] if isinstance(item, dict) else []
+            concepts = (item.get("vaccineCode") or []) if isinstance(item, dict) else []
             matched = [c for c in concepts if valueset.matching_coding(codings(c))]
-            if not matched or first_code(item.get("forecastStatus")) in (
-                "complete",
-                "contraindicated",
-            ):
+            if not matched or first_code(item.get("forecastStatus")) in ("complete", "contraindicated"):
                 continue
-            dates = [
-                day_range(d.get("value")) for d in item.get("dateCriterion") or () if isinstance(d, dict)
-            ]
+            dates = [ctx.day(d.get("value")) for d in item.get("dateCriterion") or () if isinstance(d, dict)]
             if not dates or any(d is not None and d.last >= ctx.as_of for d in dates):
                 yield resource, concept_label(matched[0], valueset)
-    for resource in candidates(ctx.record, valueset, ("MedicationRequest", "ServiceRequest")):
+    for resource in ctx.candidates(name, ("MedicationRequest", "ServiceRequest")):
         if resource.get("status") == "active" and resource.get("intent") != "proposal":
             code_field = (
                 "code" if resource["resourceType"] == "ServiceRequest" else "medicationCodeableConcept"
             )
             yield resource, concept_label(resource.get(code_field), valueset)
+
+
+def evaluate_encounter(rule: EncounterRule, ctx: Context) -> Finding:
+    reason = ctx.valueset(rule.reason) if rule.reason else None
+    classes = " or ".join(_CLASS_NAMES.get(c, c) for c in rule.classes)
+    title = f"{classes} encounter" + (f" for {reason.title}" if reason else "")
+    hits: list[Hit] = []
+    for resource in ctx.record.resources("Encounter"):
+        if resource.get("status") in ("cancelled", "entered-in-error", "planned"):
+            continue
+        encounter_class = resource.get("class")
+        if not isinstance(encounter_class, dict) or encounter_class.get("code") not in rule.classes:
+            continue
+        label = _CLASS_NAMES.get(str(encounter_class.get("code")), "encounter")
+        if reason is not None:
+            matched = _encounter_reason(resource, reason, ctx)
+            if matched is None:
+                continue
+            label = f"{label} for {matched}"
+        day = period_start(resource.get("period"), ctx.tz)
+        hits.append((resource, day, label))
+    return dated_events(hits, rule.window, ctx, title=title, min_count=rule.min_count)
+
+
+_CLASS_NAMES = {"IMP": "inpatient", "EMER": "emergency", "ACUTE": "inpatient acute", "OBSENC": "observation",
+                "AMB": "ambulatory", "HH": "home health", "VR": "virtual", "SS": "short stay",
+                "NONAC": "inpatient non-acute", "PRENC": "pre-admission", "FLD": "field"}  # fmt: skip
+
+
+def _encounter_reason(resource: Resource, reason: CompiledValueSet, ctx: Context) -> str | None:
+    """The encounter's reason (reasonCode) or a diagnosis it names (a Condition) in the set."""
+    for concept in resource.get("reasonCode") or ():
+        if reason.matching_coding(codings(concept)):
+            return concept_label(concept, reason)
+    for link in [*(resource.get("diagnosis") or ()), *(resource.get("reasonReference") or ())]:
+        target = link.get("condition", link) if isinstance(link, dict) else None
+        condition = ctx.record.resolve(target, within=resource)
+        code = condition.get("code") if condition is not None and status_counts(condition) else None
+        if code is not None and reason.matching_coding(codings(code)):
+            return concept_label(code, reason)
+    return None
 
 
 def _concepts(resource: Resource, name: str) -> list[object]:
@@ -115,42 +157,56 @@ def _concepts(resource: Resource, name: str) -> list[object]:
     return value if isinstance(value, list) else [value]
 
 
-def _dated_events(
-    hits: list[tuple[Resource, DayRange | None]],
-    window: WindowSpec | None,
-    ctx: Context,
-    *,
-    title: str,
-    valueset: CompiledValueSet | None,
+def dated_events(
+    hits: list[Hit], window: WindowSpec | None, ctx: Context, *, title: str, min_count: int = 1
 ) -> Finding:
+    """At least ``min_count`` events (distinct days) in the window: found; one that may be: unsure."""
     start = window.start(ctx.as_of) if window is not None else None
     scope = f"{title} in the last {window}" if start else f"{title} recorded"
-    inside: list[tuple[Resource, DayRange | None]] = []
-    unsure: list[tuple[Resource, DayRange | None]] = []
-    for resource, day in hits:
+    inside: list[Hit] = []
+    unsure: list[Hit] = []
+    for hit in hits:
+        day = hit[1]
         if day is not None and day.first > ctx.as_of:
             continue
-        where = (
-            "inside"
-            if start is None and day is None
-            else ("unsure" if day is None else place(day, start=start, end=ctx.as_of))
-        )
+        if day is None:
+            where = "inside" if start is None else "unsure"
+        else:
+            where = place(day, start=start, end=ctx.as_of)
         if where != "outside":
-            (inside if where == "inside" else unsure).append((resource, day))
-    for kind, group in (("found", inside), ("undetermined", unsure)):
-        if group:
-            group.sort(key=lambda h: (h[1].last if h[1] else date.min, str(h[0].get("id"))))
-            resource, day = group[-1]
-            code_field = "vaccineCode" if resource["resourceType"] == "Immunization" else "code"
-            label = concept_label(resource.get(code_field), valueset)
-            when = f" on {day}" if day else " (undated)"
-            more = f" (and {len(group) - 1} more)" if len(group) > 1 else ""
-            suffix = "" if kind == "found" else ": date too imprecise for the window"
-            proofs = tuple(
-                evidence(r, value=concept_label(r.get(code_field), valueset), day=d) for r, d in group
-            )
-            return Finding(kind, f"{label}{when}{more}{suffix}", proofs)  # type: ignore[arg-type]
+            (inside if where == "inside" else unsure).append(hit)
+    inside.sort(key=_order)
+    unsure.sort(key=_order)
+    count = distinct_days([h[1] for h in inside])
+    if inside and count >= min_count:
+        return _events_finding("found", inside, min_count)
+    if unsure and count + distinct_days([h[1] for h in unsure]) >= min_count:
+        return _events_finding(
+            "undetermined", unsure, min_count, suffix=": date too imprecise for the window"
+        )
+    if inside:
+        reason = f"{plural(count, title)} in the window, {min_count} needed: " + _last(inside)
+        return Finding("absent", reason, _proofs(inside))
     return Finding("absent", f"no {scope}")
+
+
+def _order(hit: Hit) -> tuple[date, str]:
+    return (hit[1].last if hit[1] else date.min, str(hit[0].get("id")))
+
+
+def _last(group: list[Hit]) -> str:
+    _, day, label = group[-1]
+    when = f" on {day}" if day else " (undated)"
+    return f"{label}{when}"
+
+
+def _proofs(group: list[Hit]) -> tuple[Evidence, ...]:
+    return tuple(evidence(r, value=label, day=d) for r, d, label in group)
+
+
+def _events_finding(kind: str, group: list[Hit], min_count: int, suffix: str = "") -> Finding:
+    count = f" ({distinct_days([h[1] for h in group])} in all)" if min_count > 1 else more(len(group) - 1)
+    return Finding(kind, f"{_last(group)}{count}{suffix}", _proofs(group))  # type: ignore[arg-type]
 
 
 def evaluate_allergy(rule: AllergyRule, ctx: Context) -> Finding:
@@ -160,17 +216,22 @@ def evaluate_allergy(rule: AllergyRule, ctx: Context) -> Finding:
     for resource in ctx.record.resources("AllergyIntolerance"):
         if first_code(resource.get("verificationStatus")) in CONDITION_IGNORED:
             continue
-        severe = resource.get("criticality") == "high" or any(
-            isinstance(r, dict) and r.get("severity") == "severe" for r in resource.get("reaction") or ()
+        severe = (
+            rule.severity == "any"
+            or resource.get("criticality") == "high"
+            or any(
+                isinstance(r, dict) and r.get("severity") == "severe" for r in resource.get("reaction") or ()
+            )
         )
         named = _names_substance(resource, valueset, patterns)
         if severe and named:
             hits.append((resource, named))
+    what = "severe allergy" if rule.severity == "severe" else "allergy or intolerance"
     if not hits:
-        return Finding("absent", "no severe allergy to a listed substance recorded")
+        return Finding("absent", f"no {what} to a listed substance recorded")
     hits.sort(key=lambda h: str(h[0].get("id")))
     proofs = tuple(evidence(r, value=name) for r, name in hits)
-    return Finding("found", f"severe allergy recorded: {hits[0][1]}", proofs)
+    return Finding("found", f"{what} recorded: {hits[0][1]}", proofs)
 
 
 def _names_substance(

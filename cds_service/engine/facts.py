@@ -1,33 +1,37 @@
-"""What counts as data, read leniently from resources as EHRs really send them.
+"""What counts as data, read leniently from resources as EHRs really send them, and the one verdict
+vocabulary every rule kind speaks.
 
 The rules of the trial specifications' "Data that counts" section live here, once: which statuses
 count, which date stands for a resource, how a coding is named in a reason. Every reader tolerates
 missing or oddly-typed fields and answers None rather than raising.
+
+Vocabulary: each piece of data a rule looks at gets a **verdict** (``meets`` the rule, ``fails``
+it, or ``unsure``: it cannot tell); the rule then reports one **Finding** (``found``: data that
+satisfies it; ``against``: data that clearly does not; ``undetermined``: data that cannot decide;
+``absent``: no qualifying data), which the mapping's ``if_found`` / ``if_absent`` policy turns into
+``met`` / ``not-met`` / ``unknown``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import date, datetime, tzinfo
 from typing import Literal
 
+from cds_service.codes import SYSTEM_LABELS
 from cds_service.engine.report import Evidence
-from cds_service.engine.time import DayRange, day_range
+from cds_service.engine.time import DayRange, day_range, instant
 from cds_service.engine.valuesets import CompiledValueSet
 from cds_service.errors import InvalidResource
-from cds_service.record import PatientRecord, Resource, codings, reference_of
+from cds_service.record import Resource, codings, reference_of
 
 Kind = Literal["found", "against", "undetermined", "absent"]
+Verdict = Literal["meets", "fails", "unsure"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Finding:
-    """What a data rule saw, before the mapping's if_found / if_absent policy turns it into a result.
-
-    found: data that satisfies the rule; against: data that clearly does not (a normal lab);
-    undetermined: data that cannot decide (unconvertible unit, partial date at a window edge);
-    absent: no qualifying data at all.
-    """
+    """What a data rule saw, before the mapping's if_found / if_absent policy turns it into a result."""
 
     kind: Kind
     reason: str
@@ -35,7 +39,7 @@ class Finding:
 
 
 OBSERVATION_COUNTS = frozenset({"final", "amended", "corrected"})
-NOT_DONE = frozenset({"entered-in-error", "cancelled", "not-done", "not-taken"})
+NOT_DONE = frozenset({"entered-in-error", "cancelled", "not-done", "not-taken", "stopped-in-error"})
 CONDITION_IGNORED = frozenset({"refuted", "entered-in-error"})
 CONDITION_CURRENT = frozenset({"active", "recurrence", "relapse"})
 
@@ -74,20 +78,26 @@ def concept_label(concept: object, valueset: CompiledValueSet | None = None) -> 
     if not display and valueset is not None:
         key = (str(chosen.get("system")), str(chosen.get("code")))
         display = valueset.displays.get(key) or (valueset.title if matched else None)
-    system = _SYSTEM_NAMES.get(str(chosen.get("system")), "code")
+    system = SYSTEM_LABELS.get(str(chosen.get("system")), "code")
     return f"{display or 'code'} ({system} {chosen.get('code')})"
 
 
-_SYSTEM_NAMES = {
-    "http://snomed.info/sct": "SNOMED",
-    "http://hl7.org/fhir/sid/icd-10-cm": "ICD-10-CM",
-    "http://loinc.org": "LOINC",
-    "http://www.nlm.nih.gov/research/umls/rxnorm": "RxNorm",
-    "http://hl7.org/fhir/sid/cvx": "CVX",
-}
+@dataclass(frozen=True, slots=True)
+class When:
+    """When an observation was made: its day(s), and its time where one was given."""
+
+    day: DayRange
+    moment: datetime | None = None
+
+    def __str__(self) -> str:
+        return str(self.day)
 
 
-def observation_day(resource: Resource) -> DayRange | None:
+_EFFECTIVE = ("effectiveDateTime", "effectivePeriod", "effectiveInstant", "issued")
+
+
+def observation_when(resource: Resource, tz: tzinfo | None = None) -> When | None:
+    """effectiveDateTime, else effectivePeriod.end (or start), else effectiveInstant, else issued."""
     period = resource.get("effectivePeriod")
     for value in (
         resource.get("effectiveDateTime"),
@@ -96,61 +106,42 @@ def observation_day(resource: Resource) -> DayRange | None:
         resource.get("effectiveInstant"),
         resource.get("issued"),
     ):
-        found = day_range(value)
+        found = day_range(value, tz)
         if found is not None:
-            return found
+            return When(found, instant(value, tz) if tz is not None else None)
     return None
 
 
-def period_start(period: object) -> DayRange | None:
-    return day_range(period.get("start")) if isinstance(period, dict) else None
+def observation_day(resource: Resource, tz: tzinfo | None = None) -> DayRange | None:
+    when = observation_when(resource, tz)
+    return when.day if when else None
 
 
-def period_end(period: object) -> DayRange | None:
-    return day_range(period.get("end")) if isinstance(period, dict) else None
+def period_start(period: object, tz: tzinfo | None = None) -> DayRange | None:
+    return day_range(period.get("start"), tz) if isinstance(period, dict) else None
 
 
-def evidence(resource: Resource, *, value: str | None = None, day: DayRange | None = None) -> Evidence:
+def period_end(period: object, tz: tzinfo | None = None) -> DayRange | None:
+    return day_range(period.get("end"), tz) if isinstance(period, dict) else None
+
+
+def evidence(resource: Resource, *, value: str | None = None, day: object = None) -> Evidence:
     return Evidence(reference=reference_of(resource), value=value, date=str(day) if day else None)
-
-
-def candidates(
-    record: PatientRecord, valueset: CompiledValueSet, resource_types: Iterable[str]
-) -> Iterator[Resource]:
-    """Resources of the given types whose indexed code is in the value set, each once."""
-    wanted = set(resource_types)
-    if valueset.exact_only:
-        seen: set[int] = set()
-        for system, code in sorted(valueset.exact):
-            for resource in record.with_code(system, code):
-                if resource.get("resourceType") in wanted and id(resource) not in seen:
-                    seen.add(id(resource))
-                    yield resource
-        return
-    for resource_type in sorted(wanted):
-        for resource, codes in record.coded(resource_type):
-            if any(valueset.contains(system, code) for system, code in codes):
-                yield resource
-
-
-def valued_observations(record: PatientRecord, valueset: CompiledValueSet) -> Iterator[Resource]:
-    """Observations whose coded value (not their code) is in the value set: findings such as NYHA."""
-    seen: set[int] = set()
-    if valueset.exact_only:
-        pool: Iterable[Resource] = (
-            r for system, code in sorted(valueset.exact) for r in record.with_value_code(system, code)
-        )
-    else:
-        pool = (
-            r
-            for r in record.resources("Observation")
-            if valueset.matching_coding(codings(r.get("valueCodeableConcept")))
-        )
-    for resource in pool:
-        if id(resource) not in seen:
-            seen.add(id(resource))
-            yield resource
 
 
 def plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def more(count: int) -> str:
+    """' (and 2 more)' after the item a reason names, when others like it were found."""
+    return f" (and {count} more)" if count > 0 else ""
+
+
+def distinct_days(days: list[DayRange | None]) -> int:
+    """How many separate episodes a list of dates stands for: one per distinct day (undated: one each)."""
+    return len({d for d in days if d is not None}) + sum(1 for d in days if d is None)
+
+
+def latest_first(day: DayRange | None) -> date:
+    return day.last if day else date.min

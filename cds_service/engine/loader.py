@@ -3,12 +3,18 @@
 Layout::
 
     mappings/valuesets/*.yaml   one value set per file (id, title, sources, codes, include)
-    mappings/trials/*.yaml      one trial per file (trial, title, short_title, url, criteria)
+    mappings/valuesets/*.json   or a FHIR R4 ValueSet resource (expansion or compose.include.concept)
+    mappings/trials/*.yaml      one trial per file (trial, title, short_title, url, version, criteria)
     mappings/tests/<trial>/*    test vectors (see cds_service.engine.vectors)
+
+Loading also prepares what evaluation shares across trials: one code index over every value set,
+and one canonical key per rule, so that a rule that several trials (or criteria) contain is
+evaluated once per patient.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +23,26 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from cds_service.engine.model import Trial, ValueSet
-from cds_service.engine.valuesets import CompiledValueSet, compile_valuesets
+from cds_service.engine.model import Trial, ValueSet, from_fhir_valueset
+from cds_service.engine.model.rules import RuleModel
+from cds_service.engine.valuesets import CodeIndex, CompiledValueSet, build_index, compile_valuesets
 from cds_service.errors import MappingError
 
-DEFAULT_MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
+
+def _packaged_mappings() -> Path:
+    """Where the trial mappings shipped with this install are.
+
+    An installed wheel carries them as package data, ``cds_service/mappings/`` (pyproject.toml maps
+    the repository's top-level ``mappings/`` there). A source checkout or an editable install has no
+    such folder inside the package: there they are the repository's own ``mappings/``.
+    """
+    packaged = importlib.resources.files("cds_service") / "mappings"
+    if isinstance(packaged, Path) and packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "mappings"
+
+
+DEFAULT_MAPPINGS = _packaged_mappings()
 
 
 @dataclass(frozen=True)
@@ -31,6 +52,11 @@ class Catalog:
     root: Path
     trials: Mapping[str, Trial]
     valuesets: Mapping[str, CompiledValueSet]
+    index: CodeIndex
+    rule_keys: Mapping[int, str]  # id(rule) → its canonical form: equal rules share one evaluation
+
+    def key(self, rule: RuleModel) -> str:
+        return self.rule_keys[id(rule)]
 
     def trial(self, trial_id: str) -> Trial:
         try:
@@ -70,6 +96,7 @@ def _describe_location(data: Any, loc: tuple[int | str, ...]) -> str:
     """'criteria[3] (adult) › rule › lab › window' from a pydantic error location."""
     parts: list[str] = []
     node = data
+    loc = _without_union_tags(loc)
     for step in loc:
         if isinstance(step, int):
             label = f"[{step}]"
@@ -86,9 +113,20 @@ def _describe_location(data: Any, loc: tuple[int | str, ...]) -> str:
     return " › ".join(parts) or "(top level)"
 
 
-def _validate(model: type[BaseModel], data: Any, path: Path) -> Any:
+def _without_union_tags(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """pydantic names a tagged-union member by its tag: ``rule › lab › lab › window`` for the
+    file's ``rule › lab › window``. Drop the repeated step so the path is the file's own."""
+    kept: list[int | str] = []
+    for step in loc:
+        if kept and isinstance(step, str) and kept[-1] == step:
+            continue
+        kept.append(step)
+    return tuple(kept)
+
+
+def _validate(model: type[BaseModel], data: Any, path: Path, context: dict[str, Any] | None = None) -> Any:
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context=context)
     except ValidationError as exc:
         lines = []
         for error in exc.errors()[:5]:
@@ -103,8 +141,9 @@ def _validate(model: type[BaseModel], data: Any, path: Path) -> Any:
 def _load_valuesets(root: Path) -> tuple[dict[str, ValueSet], dict[str, Path]]:
     sets: dict[str, ValueSet] = {}
     files: dict[str, Path] = {}
-    for path in sorted((root / "valuesets").glob("*.y*ml")):
-        valueset: ValueSet = _validate(ValueSet, read_data(path), path)
+    paths = sorted(p for p in (root / "valuesets").glob("*") if p.suffix in (".yaml", ".yml", ".json"))
+    for path in paths:
+        valueset: ValueSet = _validate(ValueSet, _valueset_data(path), path)
         if valueset.id in sets:
             raise MappingError(f"{path}: value set id {valueset.id!r} is also in {files[valueset.id]}")
         sets[valueset.id] = valueset
@@ -115,6 +154,19 @@ def _load_valuesets(root: Path) -> tuple[dict[str, ValueSet], dict[str, Path]]:
                 raise MappingError(f"{files[vs_id]}: include: unknown value set {child!r}")
     _refuse_include_cycles(sets, files)
     return sets, files
+
+
+def _valueset_data(path: Path) -> Any:
+    """The project's YAML form as is; a FHIR ValueSet resource turned into it (id = file name)."""
+    data = read_data(path)
+    if isinstance(data, dict) and data.get("resourceType") == "ValueSet":
+        try:
+            converted = from_fhir_valueset(data, fallback_id=path.stem)
+        except ValueError as exc:
+            raise MappingError(f"{path}: {exc}") from None
+        converted["id"] = path.stem
+        return converted
+    return data
 
 
 def _refuse_include_cycles(sets: Mapping[str, ValueSet], files: Mapping[str, Path]) -> None:
@@ -133,18 +185,22 @@ def _load_trials(root: Path, valuesets: Mapping[str, ValueSet]) -> dict[str, Tri
     trials: dict[str, Trial] = {}
     paths: dict[str, Path] = {}
     for path in sorted((root / "trials").glob("*.y*ml")):
-        trial: Trial = _validate(Trial, read_data(path), path)
+        trial: Trial = _validate(Trial, read_data(path), path, context={"valuesets": frozenset(valuesets)})
         if trial.trial in trials:
             raise MappingError(f"{path}: trial {trial.trial!r} is also defined in {paths[trial.trial]}")
-        for criterion in trial.criteria:
-            if criterion.rule is None:
-                continue
-            for name in sorted(criterion.rule.valuesets()):
-                if name not in valuesets:
-                    raise MappingError(f"{path}: criterion {criterion.id!r}: unknown value set {name!r}")
         trials[trial.trial] = trial
         paths[trial.trial] = path
     return trials
+
+
+def _rule_keys(trials: Mapping[str, Trial]) -> dict[int, str]:
+    """Each rule object → its canonical JSON; equal rules anywhere in the catalog share a key."""
+    keys: dict[int, str] = {}
+    for trial in trials.values():
+        for criterion in trial.criteria:
+            for rule in criterion.rules():
+                keys[id(rule)] = rule.model_dump_json(by_alias=True)
+    return keys
 
 
 def load_catalog(root: Path | None = None) -> Catalog:
@@ -156,4 +212,11 @@ def load_catalog(root: Path | None = None) -> Catalog:
     trials = _load_trials(root, sets)
     if not trials:
         raise MappingError(f"{root / 'trials'}: no trial files (*.yaml)")
-    return Catalog(root=root, trials=trials, valuesets=compile_valuesets(sets))
+    compiled = compile_valuesets(sets)
+    return Catalog(
+        root=root,
+        trials=trials,
+        valuesets=compiled,
+        index=build_index(compiled),
+        rule_keys=_rule_keys(trials),
+    )

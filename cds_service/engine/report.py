@@ -1,8 +1,9 @@
 """The eligibility report: the one public contract that cards, the SMART app and the CLI present.
 
-``{"patient", "as_of", "trials": [{"trial", "title", "status", "criteria": [{"id", "kind",
-"result", "manual", "reason", "evidence": [{"reference", "value", "date"}]}]}]}``. Nothing in it is
-ever null: an evidence item without a value or date simply omits that key.
+``{"patient", "as_of", "trials": [{"trial", "title", "version", "effective", "status",
+"criteria": [{"id", "kind", "result", "manual", "reason", "evidence": [{"reference", "value",
+"date"}]}]}]}``. ``version`` and ``effective`` name the mapping that produced the result. Nothing in
+it is ever null: an evidence item without a value or date simply omits that key.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class CriterionResult(_Frozen):
 class TrialResult(_Frozen):
     trial: str
     title: str
+    version: str = Field(description="the trial mapping's version")
+    effective: str = Field(description="YYYY-MM-DD the mapping version took effect")
     status: Status
     criteria: list[CriterionResult]
 

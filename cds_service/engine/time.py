@@ -1,8 +1,10 @@
 """Dates, windows and ages, against an explicit evaluation date.
 
 FHIR dates may be partial ("2026", "2026-05"): each is kept as the range of days it could mean, so
-that a window check can answer "inside", "outside" or "can't tell" instead of guessing. Datetimes
-are taken at the calendar date the EHR wrote (its local day), which is what a clinician reads.
+that a window check can answer "inside", "outside" or "can't tell" instead of guessing. An instant
+with an offset ("2026-05-31T23:30:00-05:00") is placed on the site's calendar (the site time zone,
+the same zone that gives every face its evaluation date), so a card, the app and a screen agree
+near midnight; a date-time without an offset is taken at the day it names.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import calendar
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, PlainSerializer
@@ -93,16 +95,22 @@ class DayRange:
 _PARTIAL = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
 
 
-def day_range(value: object) -> DayRange | None:
-    """Any FHIR date / dateTime / instant (string, date or datetime) as a DayRange; None if unusable."""
+def day_range(value: object, tz: tzinfo | None = None) -> DayRange | None:
+    """Any FHIR date / dateTime / instant as a DayRange (on ``tz``'s calendar when it carries an
+    offset and a zone is given); None if unusable."""
     if value is None:
         return None
     if isinstance(value, datetime):
-        return DayRange(value.date(), value.date())
+        moment = value.astimezone(tz) if tz is not None and value.tzinfo is not None else value
+        return DayRange(moment.date(), moment.date())
     if isinstance(value, date):
         return DayRange(value, value)
     if not isinstance(value, str):
         return None
+    if tz is not None and len(value) > 16 and value[10] == "T":
+        placed = instant(value, tz)
+        if placed is not None:
+            return DayRange(placed.date(), placed.date())
     match = _PARTIAL.match(value)
     if match is None:
         return None
@@ -118,6 +126,23 @@ def day_range(value: object) -> DayRange | None:
         return DayRange(date(year, 1, 1), date(year, 12, 31))
     except ValueError:
         return None
+
+
+def instant(value: object, tz: tzinfo) -> datetime | None:
+    """A date-time with a time of day, in ``tz`` (one without an offset is taken as ``tz``'s own);
+    None for a date alone or anything unreadable: the time is what orders same-day results."""
+    if not isinstance(value, str) or len(value) <= 10 or value[10] != "T":
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=tz) if moment.tzinfo is None else moment.astimezone(tz)
+
+
+def today_in(tz: tzinfo, now: datetime | None = None) -> date:
+    """The evaluation date at this site: today on the site's calendar."""
+    return (now or datetime.now(UTC)).astimezone(tz).date()
 
 
 Placement = Literal["inside", "outside", "unsure"]

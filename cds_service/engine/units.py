@@ -28,6 +28,27 @@ _COMMON_SPELLINGS = {
     "IU/L": "[IU]/L",
     "IU/mL": "[IU]/mL",
     "mIU/mL": "m[IU]/mL",
+    "U/L": "U/L",
+    "mL/min/1.73m2": "mL/min/{1.73_m2}",
+    "mL/min/1.73 m2": "mL/min/{1.73_m2}",
+    "mL/min/1.73m^2": "mL/min/{1.73_m2}",
+    "mL/min/1.73 m^2": "mL/min/{1.73_m2}",
+    "ml/min/1.73m2": "mL/min/{1.73_m2}",
+    "ml/min/1.73 m2": "mL/min/{1.73_m2}",
+    "mL/min/{1.73m2}": "mL/min/{1.73_m2}",
+    "ml/min": "mL/min",
+    "kg/m^2": "kg/m2",
+    "lb": "[lb_av]",
+    "lbs": "[lb_av]",
+    "in": "[in_i]",
+    "inch": "[in_i]",
+    "K/uL": "10*3/uL",
+    "K/µL": "10*3/uL",
+    "x10^3/uL": "10*3/uL",
+    "x10^9/L": "10*9/L",
+    "10^9/L": "10*9/L",
+    "10^3/uL": "10*3/uL",
+    "mg/mmol": "mg/mmol",
 }
 
 
@@ -43,8 +64,14 @@ def _registry() -> Any:
 
 
 def canonical(unit: str) -> str:
+    """The UCUM spelling of a unit as sent; a bare annotation ('{score}', '{titer}') is unitless."""
     unit = unit.strip()
+    if _ANNOTATION.fullmatch(unit):
+        return "1"
     return _COMMON_SPELLINGS.get(unit, unit)
+
+
+_ANNOTATION = re.compile(r"\{[^{}]*\}")
 
 
 @lru_cache(maxsize=4096)

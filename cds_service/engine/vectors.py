@@ -35,6 +35,9 @@ class Expected(Strict):
     status: Status | None = None
     evidence: dict[Slug, list[str]] = Field(default_factory=dict)
     reasons: dict[Slug, str] = Field(default_factory=dict)
+    absent_from_reasons: dict[Slug, str] = Field(
+        default_factory=dict, description="text the reason must not contain (a note for another branch)"
+    )
     error: str | None = Field(default=None, description="the record is refused with this message part")
 
 
@@ -125,4 +128,8 @@ def _differences(result: TrialResult, expected: Expected) -> list[str]:
         reason = result.criterion(criterion_id).reason
         if fragment not in reason:
             problems.append(f"{criterion_id}: reason {reason!r} lacks {fragment!r}")
+    for criterion_id, fragment in expected.absent_from_reasons.items():
+        reason = result.criterion(criterion_id).reason
+        if fragment in reason:
+            problems.append(f"{criterion_id}: reason {reason!r} should not say {fragment!r}")
     return problems

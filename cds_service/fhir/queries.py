@@ -1,97 +1,68 @@
-"""The FHIR searches the loaded mappings need, derived once from the catalog.
+"""FHIR searches rendered from the engine's data needs (``cds_service.engine.needs``).
 
-One function describes the data: discovery's prefetch templates, the hook's own FHIR fallback and
-the SMART app's fetches all use it, so nothing describes the service's data needs twice.
+Discovery's prefetch templates, the hook's own FHIR fallback and the SMART app's fetches all use
+``prefetch_templates``; a Bulk export's ``_type`` uses ``DataNeeds.resource_types``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
 from cds_service.codes import CVX, LOINC
 from cds_service.engine.loader import Catalog
-from cds_service.engine.model import Rule
+from cds_service.engine.needs import ALL, DataNeeds, data_needs
 
 PATIENT_TOKEN = "{{context.patientId}}"
 
 
-def _leaves(rule: Rule) -> Iterator[tuple[str, Any]]:
-    for name in ("age", "condition", "lab", "medication", "procedure", "immunization", "allergy"):
-        leaf = getattr(rule, name)
-        if leaf is not None:
-            yield name, leaf
-            guard = getattr(leaf, "absent_unknown_only_if", None)
-            if isinstance(guard, Rule):
-                yield from _leaves(guard)
-    for children in (rule.any, rule.all):
-        for child in children or ():
-            yield from _leaves(child)
-    if rule.not_ is not None:
-        yield from _leaves(rule.not_)
-
-
 def prefetch_templates(catalog: Catalog) -> dict[str, str]:
     """Prefetch key → FHIR query with ``{{context.patientId}}``, narrowed by code where that is exact."""
-    lab_codes: set[str] = set()
-    vaccine_codes: set[str] = set()
-    kinds: set[str] = set()
-    finding_codes: set[str] = set()
-    planned_vaccines = False
-    for trial in catalog.trials.values():
-        for criterion in trial.criteria:
-            for kind, leaf in _leaves(criterion.rule) if criterion.rule else ():
-                kinds.add(kind)
-                if kind == "lab":
-                    lab_codes |= _tokens(catalog, leaf.valueset)
-                if kind == "condition" and "Observation" in getattr(leaf, "resources", ()):
-                    finding_codes |= _tokens(catalog, leaf.valueset)
-                if kind == "immunization":
-                    vaccine_codes |= _tokens(catalog, leaf.valueset)
-                    planned_vaccines = planned_vaccines or bool(getattr(leaf, "planned", False))
+    return render_templates(data_needs(catalog))
+
+
+def render_templates(needs: DataNeeds) -> dict[str, str]:
     patient = f"patient={PATIENT_TOKEN}"
     templates = {"patient": f"Patient/{PATIENT_TOKEN}"}
-    if "condition" in kinds:
+    types = needs.types
+    if "Condition" in types:
         templates["conditions"] = f"Condition?{patient}"
-    if lab_codes:
-        templates["observations"] = f"Observation?{patient}" + _filter("code", lab_codes)
-    if finding_codes == {"*"}:
+    if needs.observation_codes:
+        templates["observations"] = f"Observation?{patient}" + _filter("code", needs.observation_codes)
+    if ALL in needs.finding_codes:
         templates["findings"] = f"Observation?{patient}"
-    elif finding_codes:
-        tokens = ",".join(sorted(finding_codes))
+    elif needs.finding_codes:
+        tokens = ",".join(sorted(needs.finding_codes))
         templates["findingCodes"] = f"Observation?{patient}&code={tokens}"
         templates["findingValues"] = f"Observation?{patient}&value-concept={tokens}"
-    if "medication" in kinds or planned_vaccines:
+    if "MedicationRequest" in types:
         templates["medicationRequests"] = f"MedicationRequest?{patient}&_include=MedicationRequest:medication"
-    if "medication" in kinds:
+    if "MedicationStatement" in types:
         templates["medicationStatements"] = (
             f"MedicationStatement?{patient}&_include=MedicationStatement:medication"
         )
-    if "procedure" in kinds:
+    if "MedicationAdministration" in types:
+        templates["medicationAdministrations"] = (
+            f"MedicationAdministration?{patient}&_include=MedicationAdministration:medication"
+        )
+    if "Procedure" in types:
         templates["procedures"] = f"Procedure?{patient}"
-    if vaccine_codes:
-        templates["immunizations"] = f"Immunization?{patient}" + _filter("vaccine-code", vaccine_codes)
-    if planned_vaccines:
+    if "ServiceRequest" in types:
+        templates["serviceRequests"] = f"ServiceRequest?{patient}&status=active"
+    if needs.vaccine_codes:
+        templates["immunizations"] = f"Immunization?{patient}" + _filter("vaccine-code", needs.vaccine_codes)
+    if "ImmunizationRecommendation" in types:
         templates["immunizationRecommendations"] = f"ImmunizationRecommendation?{patient}"
-    if "allergy" in kinds:
+    if "AllergyIntolerance" in types:
         templates["allergies"] = f"AllergyIntolerance?{patient}"
+    if "Encounter" in types:
+        templates["encounters"] = f"Encounter?{patient}"
     return templates
 
 
 def _filter(param: str, tokens: set[str]) -> str:
     """``&code=2160-0,...``; no filter at all when some value set cannot be expressed as codes."""
-    if "*" in tokens:
+    if ALL in tokens:
         return ""
     plain = sorted(t.split("|", 1)[1] if t.startswith((LOINC + "|", CVX + "|")) else t for t in tokens)
     return f"&{param}={','.join(plain)}"
-
-
-def _tokens(catalog: Catalog, valueset_id: object) -> set[str]:
-    """``system|code`` search tokens, or {"*"} when the set has prefixes a search cannot express."""
-    valueset = catalog.valuesets[str(valueset_id)]
-    if not valueset.exact_only:
-        return {"*"}
-    return {f"{system}|{code}" for system, code in valueset.exact}
 
 
 def fill(template: str, *, patient_id: str) -> str:

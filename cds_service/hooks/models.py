@@ -132,16 +132,51 @@ class Link(_Wire):
         return self
 
 
+class Action(_Wire):
+    """A suggested change (spec: Card Attributes › Action): ``resource`` for create/update."""
+
+    type: Literal["create", "update", "delete"]
+    description: str = Field(min_length=1)
+    resource: dict[str, Any] | None = None
+    resourceId: str | None = None
+
+    @model_validator(mode="after")
+    def _what_to_change(self) -> Action:
+        if self.type in ("create", "update") and not isinstance(self.resource, dict):
+            raise ValueError(f"a {self.type} action needs a FHIR resource")
+        if self.type == "create" and self.resource is not None and "resourceType" not in self.resource:
+            raise ValueError("a create action's resource needs a resourceType")
+        if self.type == "delete" and not self.resourceId:
+            raise ValueError("a delete action needs resourceId")
+        return self
+
+
+class Suggestion(_Wire):
+    """A set of actions the clinician may accept (spec: Card Attributes › Suggestion)."""
+
+    label: str = Field(min_length=1)
+    uuid: str | None = None
+    isRecommended: bool | None = None
+    actions: list[Action] | None = None
+
+
 class Card(_Wire):
     uuid: str | None = None
     summary: str = Field(min_length=1, max_length=139)  # "<140-character"
     detail: str | None = None
     indicator: Indicator
     source: Source
+    suggestions: list[Suggestion] | None = None
     selectionBehavior: Literal["at-most-one", "any"] | None = None
     overrideReasons: list[OverrideReasonCoding] | None = None
     links: list[Link] | None = None
     extension: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _suggestions_need_selection_behavior(self) -> Card:
+        if self.suggestions and self.selectionBehavior is None:
+            raise ValueError("a card with suggestions must say its selectionBehavior")
+        return self
 
 
 class HookResponse(_Wire):

@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -23,9 +22,10 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from cds_service import gcpause
-from cds_service.cards import EXTENSION_KEY, render_cards
+from cds_service.cards import EXTENSION_KEY, CardContext, render_cards
 from cds_service.engine.evaluate import evaluate
 from cds_service.engine.loader import Catalog
+from cds_service.engine.time import today_in
 from cds_service.errors import InvalidInput, Unauthorized
 from cds_service.hooks.auth import EhrAuthenticator
 from cds_service.hooks.models import (
@@ -39,6 +39,7 @@ from cds_service.hooks.prefetch import build_patient_record, gather
 from cds_service.ops import metrics
 from cds_service.ops.audit import AuditEntry, AuditLog, Pseudonyms
 from cds_service.ops.middleware import AUDIT_KEY, CLEANUP_KEY
+from cds_service.portfolio import Portfolio
 from cds_service.settings import Settings
 from cds_service.store import FeedbackStore
 
@@ -71,6 +72,7 @@ class HookDeps:
     store: FeedbackStore
     audit: AuditLog
     pseudonyms: Pseudonyms
+    portfolio: Portfolio
 
 
 def service_definition(catalog: Catalog, templates: Mapping[str, str]) -> ServiceDefinition:
@@ -174,13 +176,18 @@ def run_hook(
     record = build_patient_record(gathered, patient_id=hook.context.patientId)
     if keep is not None:
         keep.append(record)
-    report = evaluate(deps.catalog, record, as_of=datetime.now(UTC).date())
-    cards = render_cards(
-        report.trials,
+    tz = deps.settings.tz()
+    today = today_in(tz)
+    report = evaluate(deps.catalog, record, as_of=today, tz=tz, trial_ids=deps.portfolio.for_clinicians())
+    context = CardContext(
         trials=dict(deps.catalog.trials),
-        show_not_eligible=deps.settings.show_not_eligible,
+        portfolio=deps.portfolio,
         smart_launch_url=f"{base_url}/smart/launch",
+        patient_id=hook.context.patientId,
+        user_id=hook.context.userId,
+        today=today,
     )
+    cards = render_cards(report.trials, context=context, show_not_eligible=deps.settings.show_not_eligible)
     shown = _count_cards(cards, deps.catalog)
     if entry is not None:
         entry.trials_evaluated = [_trial_version(deps.catalog, t.trial) for t in report.trials]
@@ -197,8 +204,9 @@ def run_hook(
 
 
 def _trial_version(catalog: Catalog, trial_id: str) -> dict[str, Any]:
-    # TODO(engine): trial mappings gain a ``version``; until that lands this reads None.
-    return {"trial": trial_id, "version": getattr(catalog.trials.get(trial_id), "version", None)}
+    """The trial and the version of its mapping (what the audit records as evaluated or shown)."""
+    trial = catalog.trials.get(trial_id)
+    return {"trial": trial_id, "version": trial.version if trial is not None else None}
 
 
 def _count_cards(cards: list[Any], catalog: Catalog) -> list[dict[str, Any]]:

@@ -48,7 +48,10 @@ def test_unknown_key_in_a_rule(mappings: Path) -> None:
 def test_unknown_valueset_name(mappings: Path) -> None:
     _edit(mappings / "trials" / "TEST-ALL.yaml", "valueset: hba1c,", "valueset: hba1c-typo,")
     message = _refusal(mappings)
-    assert "criterion 'hba1c-high'" in message and "unknown value set 'hba1c-typo'" in message
+    assert (
+        "criteria[2] (hba1c-high) › rule › lab › valueset" in message
+        and "unknown value set 'hba1c-typo'" in message
+    )
 
 
 def test_malformed_snomed_code(mappings: Path) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import TypeAdapter
 
 from cds_service.codes import (
     ALLERGY_VERIFICATION,
@@ -40,9 +41,9 @@ from cds_service.codes import (
     V3_INTERPRETATION,
 )
 from cds_service.engine.context import Context
-from cds_service.engine.evaluate import Outcome, _combine, evaluate, evaluate_rule
+from cds_service.engine.evaluate import Outcome, combine, evaluate, evaluate_rule
 from cds_service.engine.loader import Catalog, load_catalog
-from cds_service.engine.model import LabRule, Rule, Threshold
+from cds_service.engine.model import LabRule, Rule, RuleModel, Threshold, walk
 from cds_service.engine.report import EligibilityReport, Evidence
 from cds_service.engine.units import convert
 from cds_service.errors import MappingError
@@ -99,11 +100,11 @@ def catalog_named(name: str) -> Catalog:
     return all_constructs_catalog() if name == TEST_ALL else packaged_catalog()
 
 
-def _walk(rule: Rule) -> list[Rule]:
-    found = [rule]
-    for child in [*(rule.any or ()), *(rule.all or ()), *([rule.not_] if rule.not_ else [])]:
-        found.extend(_walk(child))
-    return found
+RULE = TypeAdapter(Rule)
+
+
+def parse_rule(data: dict[str, Any]) -> RuleModel:
+    return RULE.validate_python(data)
 
 
 @cache
@@ -111,9 +112,9 @@ def threshold_of(name: str, valueset: str) -> Threshold | None:
     """The threshold of the catalog's lab rule on ``valueset`` (read, not copied, from the mapping)."""
     for trial in catalog_named(name).trials.values():
         for criterion in trial.criteria:
-            for rule in _walk(criterion.rule) if criterion.rule else ():
-                if isinstance(rule.lab, LabRule) and rule.lab.valueset == valueset and rule.lab.threshold:
-                    return rule.lab.threshold
+            for rule in walk(criterion.rule) if criterion.rule else ():
+                if isinstance(rule, LabRule) and rule.valueset == valueset and rule.threshold:
+                    return rule.threshold
     return None
 
 
@@ -686,7 +687,7 @@ def test_combine_follows_the_kleene_truth_table(mode: str, results: list[str]) -
         Outcome(value, f"child {i} is {value}", (Evidence(reference=f"Observation/{i}"),))  # type: ignore[arg-type]
         for i, value in enumerate(results)
     ]
-    combined = _combine(mode, children)
+    combined = combine(mode, children)
     assert combined.result == _fold(KLEENE_OR if mode == "any" else KLEENE_AND, results)
     deciding = [c for c in children if c.result == combined.result]
     assert deciding, "the result must be explained by at least one child"
@@ -733,13 +734,13 @@ def _expected(tree: Any) -> str:
 @cache
 def _bare_context() -> Context:
     record = build_record([{"resourceType": "Patient", "id": "p1", "birthDate": "1980-01-01"}])
-    return Context(record=record, valuesets=all_constructs_catalog().valuesets, as_of=AS_OF)
+    return Context(record=record, catalog=all_constructs_catalog(), as_of=AS_OF)
 
 
 def test_leaf_rules_have_the_results_the_tree_test_assumes() -> None:
     """The three leaves of the rule-tree property really are met / not-met / unknown."""
     for wanted, rule in LEAF_RULES.items():
-        assert evaluate_rule(Rule.model_validate(rule), _bare_context()).result == wanted
+        assert evaluate_rule(parse_rule(rule), _bare_context()).result == wanted
 
 
 @FAST
@@ -748,7 +749,7 @@ def test_nested_any_all_not_follow_kleene_logic(tree: Any) -> None:
     """Any nesting of ``any`` / ``all`` / ``not`` rules over met / not-met / unknown leaves evaluates
     as Kleene's strong three-valued logic (not(unknown) is unknown; unknown OR met is met; unknown
     AND not-met is not-met)."""
-    rule = Rule.model_validate(_as_rule(tree))
+    rule = parse_rule(_as_rule(tree))
     assert evaluate_rule(rule, _bare_context()).result == _expected(tree)
 
 

@@ -16,16 +16,41 @@ from cds_service.app import create_app
 from cds_service.engine.vectors import load_vectors
 from cds_service.settings import Settings
 from tests.conftest import DATA, REPO
+from tests.support.portfolio import portfolio_file
 from tests.support.prefetch import patient_id, prefetch_from_bundle, searchset
 
 SERVICE = "/cds-services/trial-eligibility"
+TRIAL = "NCT06888960"
+
+
+def test_a_not_eligible_card_per_trial_up_to_the_cap(tmp_path: Path) -> None:
+    """Liz is eligible for none of the packaged trials: with not-eligible cards on, she gets the
+    portfolio's cap of them, never more."""
+    settings = Settings(
+        allow_unsigned=True, show_not_eligible=True, feedback_db_url=f"sqlite:///{tmp_path}/f.sqlite3"
+    )
+    with TestClient(create_app(settings)) as client:
+        cards = client.post(SERVICE, json=hook_request(LIZ, client)).json()["cards"]
+    assert len(cards) == min(3, len(_packaged_trials()))
+    assert all(c["summary"].startswith("Not eligible: ") for c in cards)
+
+
+def _packaged_trials() -> list[str]:
+    return sorted(p.stem for p in (REPO / "mappings" / "trials").glob("*.yaml"))
+
+
+def trial_cards(cards: list[dict[str, Any]], trial: str = TRIAL) -> list[dict[str, Any]]:
+    """The cards of one trial (other packaged trials may give this patient cards too)."""
+    return [c for c in cards if c["extension"]["org.cds-service.trial-eligibility"]["trial"] == trial]
+
+
 LIZ = json.loads(next((DATA / "synthea").glob("Liz_Conn_*.json")).read_text())
 
 
 def status_case(name: str) -> list[dict[str, Any]]:
     """The resources of the status vector with that name (likely-eligible, needs-review, ...)."""
     for loaded in load_vectors(REPO / "mappings"):
-        if loaded.path.stem == "status" and name in loaded.case.name:
+        if loaded.trial == TRIAL and loaded.path.stem == "status" and name in loaded.case.name:
             return loaded.case.parts()
     raise LookupError(name)
 
@@ -93,9 +118,9 @@ def test_likely_eligible_patient_gets_one_card_that_follows_the_spec(client: Tes
     assert response.status_code == 200, response.text
     body = response.json()
     assert_no_nulls_or_empties(body)
-    (card,) = body["cards"]
+    (card,) = trial_cards(body["cards"])
     assert len(card["summary"]) < 140
-    assert card["summary"].startswith("Likely eligible: NCT06888960 (CC312 in SLE)")
+    assert card["summary"] == "Likely eligible: CC312 in SLE (NCT06888960)"
     assert card["indicator"] in ("info", "warning", "critical")
     assert card["source"]["label"] and card["source"]["url"].startswith("https://clinicaltrials.gov/")
     uuid.UUID(card["uuid"])
@@ -108,15 +133,19 @@ def test_likely_eligible_patient_gets_one_card_that_follows_the_spec(client: Tes
     report = card["extension"]["org.cds-service.trial-eligibility"]
     assert report["trial"] == "NCT06888960" and report["status"] == "likely-eligible"
     assert {c["id"] for c in report["criteria"]} >= {"adult", "sle-diagnosis", "tuberculosis"}
-    assert "**To review**" in card["detail"] and "**In the patient's favour**" in card["detail"]
+    assert "**Candidate because:**" in card["detail"] and "**To review (" in card["detail"]
+    assert "**Study team:**" in card["detail"] and "Mapping v2.0" in card["detail"]
+    (suggestion,) = card["suggestions"]
+    assert suggestion["label"] == "Refer to the study team" and card["selectionBehavior"] == "at-most-one"
+    assert suggestion["actions"][0]["resource"]["resourceType"] == "ServiceRequest"
 
 
 def test_needs_review_card_counts_the_items_to_review(client: TestClient) -> None:
     bundle = bundle_of(status_case("needs review: no IgA"))
-    (card,) = client.post(SERVICE, json=hook_request(bundle, client)).json()["cards"]
+    (card,) = trial_cards(client.post(SERVICE, json=hook_request(bundle, client)).json()["cards"])
     report = card["extension"]["org.cds-service.trial-eligibility"]
     unknown = sum(1 for c in report["criteria"] if c["result"] == "unknown")
-    assert card["summary"] == f"Possible candidate: NCT06888960 (CC312 in SLE) – {unknown} items to review"
+    assert card["summary"] == f"Needs review: CC312 in SLE (NCT06888960) – {unknown} items to check"
 
 
 def test_not_eligible_patient_gets_no_card_by_default(client: TestClient) -> None:
@@ -127,11 +156,15 @@ def test_not_eligible_patient_gets_no_card_by_default(client: TestClient) -> Non
 
 def test_not_eligible_cards_shown_when_configured(tmp_path: Path) -> None:
     settings = Settings(
-        allow_unsigned=True, show_not_eligible=True, feedback_db_url=f"sqlite:///{tmp_path}/f.sqlite3"
+        allow_unsigned=True,
+        show_not_eligible=True,
+        feedback_db_url=f"sqlite:///{tmp_path}/f.sqlite3",
+        portfolio=portfolio_file(tmp_path, TRIAL),
     )
     with TestClient(create_app(settings)) as client:
-        (card,) = client.post(SERVICE, json=hook_request(LIZ, client)).json()["cards"]
-    assert card["summary"].startswith("Not eligible: NCT06888960")
+        (card,) = trial_cards(client.post(SERVICE, json=hook_request(LIZ, client)).json()["cards"])
+    assert card["summary"].startswith("Not eligible: CC312 in SLE (NCT06888960) – ")
+    assert "sle-diagnosis" not in card["summary"]  # a clinician's words, never an internal id
 
 
 def test_null_prefetch_means_no_data_and_is_not_refetched(client: TestClient) -> None:

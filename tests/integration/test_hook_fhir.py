@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from cds_service.app import create_app
 from cds_service.engine.vectors import load_vectors
 from cds_service.settings import Settings
+from tests.support.portfolio import portfolio_file
 
 from .conftest import FHIR_TEST_TOKEN
 
@@ -39,7 +40,7 @@ def relabel(resources: list[dict[str, Any]], *, prefix: str) -> list[dict[str, A
 
 def status_patient(name: str, prefix: str) -> list[dict[str, Any]]:
     for loaded in load_vectors(REPO / "mappings"):
-        if loaded.path.stem == "status" and name in loaded.case.name:
+        if loaded.trial == "NCT06888960" and loaded.path.stem == "status" and name in loaded.case.name:
             return relabel(loaded.case.parts(), prefix=prefix)
     raise LookupError(name)
 
@@ -65,6 +66,7 @@ def make_client(tmp_path: Path, **overrides: Any) -> TestClient:
         "allow_http_loopback": True,
         "feedback_db_url": f"sqlite:///{tmp_path}/f.db",
         "show_not_eligible": True,
+        "portfolio": portfolio_file(tmp_path, "NCT06888960"),
     }
     options.update(overrides)
     return TestClient(create_app(Settings(**options)))
@@ -97,7 +99,10 @@ def request_for(patient: str, server: str, token: str = FHIR_TEST_TOKEN, **extra
 
 def report_of(response: Any) -> dict[str, Any]:
     assert response.status_code == 200, response.text
-    (card,) = response.json()["cards"]
+    cards = response.json()["cards"]
+    (card,) = [
+        c for c in cards if c["extension"]["org.cds-service.trial-eligibility"]["trial"] == "NCT06888960"
+    ]
     return dict(card["extension"]["org.cds-service.trial-eligibility"])
 
 

@@ -56,9 +56,13 @@ def test_a_hook_call_is_audited_with_a_keyed_pseudonym_and_what_was_shown(app: A
     assert row["hook_instance"] == body["hookInstance"] and row["request_id"] == "req-0001"
     assert row["issuer"] == "unsigned" and row["user_id"] == "Practitioner/example"
     assert row["patient_pseudonym"] == hmac.new(KEY.encode(), patient.encode(), hashlib.sha256).hexdigest()
-    assert json.loads(row["trials_evaluated"]) == [{"trial": "NCT06888960", "version": None}]
+    evaluated = json.loads(row["trials_evaluated"])
+    trials = app.state.catalog.trials
+    assert {t["trial"] for t in evaluated} == set(trials)  # the site's portfolio: every trial
+    assert all(t["version"] == trials[t["trial"]].version and t["version"] for t in evaluated)
+    version = app.state.catalog.trials["NCT06888960"].version
     assert json.loads(row["trials_shown"]) == [
-        {"trial": "NCT06888960", "version": None, "status": "likely-eligible"}
+        {"trial": "NCT06888960", "version": version, "status": "likely-eligible"}
     ]
     assert row["duration_ms"] >= 0
     assert patient not in json.dumps(row, default=str)  # no PHI beyond the pseudonym
