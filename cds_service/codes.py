@@ -71,6 +71,7 @@ def _incoming_aliases() -> dict[str, str]:
     for system in CODE_SYSTEMS:
         aliases[f"urn:oid:{system.oid}"] = system.uri
         aliases[system.uri + "/"] = system.uri
+        aliases[system.uri + "#"] = system.uri  # NCIt is often sent as ...Thesaurus.owl#
         other = system.uri.replace("http://", "https://", 1)
         if other != system.uri:
             aliases[other] = system.uri

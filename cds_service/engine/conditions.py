@@ -3,7 +3,7 @@ site, onset window and episode counts."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cds_service.engine.context import Context
 from cds_service.engine.facts import (
@@ -16,7 +16,6 @@ from cds_service.engine.facts import (
     first_code,
     latest_first,
     more,
-    observation_day,
     period_end,
     period_start,
     status_counts,
@@ -67,6 +66,7 @@ def evaluate_condition(rule: ConditionRule, ctx: Context) -> Finding:
         known = {id(r) for r in pool}
         pool += [r for r in ctx.valued(rule.valueset) if id(r) not in known]
     hits: list[Hit] = []
+    mismatched: list[Hit] = []  # the diagnosis is there, with another stage, severity or site
     for resource in pool:
         if not status_counts(resource):
             continue
@@ -75,6 +75,8 @@ def evaluate_condition(rule: ConditionRule, ctx: Context) -> Finding:
         hit = _judge(resource, rule, ctx)
         if hit.verdict != "fails":
             hits.append(hit)
+        elif hit.why == QUALIFIER_MISMATCH:
+            mismatched.append(hit)
     found = [h for h in hits if h.verdict == "meets"]
     unsure = [h for h in hits if h.verdict == "unsure"]
     if found and distinct_days([h.day for h in found]) >= rule.min_count:
@@ -85,7 +87,18 @@ def evaluate_condition(rule: ConditionRule, ctx: Context) -> Finding:
         count = distinct_days([h.day for h in found])
         reason = f"{count} of the {rule.min_count} episodes needed: " + _describe(found, ctx)
         return Finding("absent", reason, _proofs(found))
+    if mismatched:
+        detail = _describe([replace(h, why="") for h in mismatched], ctx)
+        needs = "; ".join(
+            f"{name.replace('_', ' ')} {ctx.valueset(getattr(rule, name)).title}"
+            for name, _ in _QUALIFIERS
+            if getattr(rule, name) is not None
+        )
+        return Finding("absent", f"{detail} (the criterion needs {needs})", _proofs(mismatched))
     return Finding("absent", f"no {_scope_text(rule, valueset.title)}")
+
+
+QUALIFIER_MISMATCH = "qualifier"
 
 
 def _judge(resource: Resource, rule: ConditionRule, ctx: Context) -> Hit:
@@ -104,7 +117,7 @@ def _judge(resource: Resource, rule: ConditionRule, ctx: Context) -> Hit:
         qualified, detail = qualifier
         label = f"{label}, {detail}"
         if qualified is False:
-            return Hit(resource, "fails", label, day)
+            return Hit(resource, "fails", label, day, why=QUALIFIER_MISMATCH)
         if qualified is None:
             verdict = "unsure"
     for check in (_onset_inside, _onset_long_enough):
@@ -204,7 +217,8 @@ def _judge_finding(resource: Resource, rule: ConditionRule, ctx: Context) -> Hit
     value = resource.get("valueCodeableConcept")
     concept = value if valueset.matching_coding(codings(value)) else resource.get("code")
     label = concept_label(concept, valueset)
-    day = observation_day(resource, ctx.tz)
+    when = ctx.when(resource)
+    day = when.day if when else None
     if day is None or day.first > ctx.as_of or rule.when == "current":
         return Hit(resource, "fails", label, day)  # a finding is an event, never "current"
     start = rule.window.start(ctx.as_of) if rule.window else None

@@ -15,6 +15,7 @@ from cds_service.engine.facts import (
     evidence,
     first_code,
     more,
+    period_end,
     period_start,
     plural,
     status_counts,
@@ -36,8 +37,8 @@ def evaluate_procedure(rule: ProcedureRule, ctx: Context) -> Finding:
     pool = (
         ctx.candidates(rule.valueset, ("Procedure",)) if rule.valueset else ctx.record.resources("Procedure")
     )
-    oldest = rule.at_least_ago.start(ctx.as_of) if rule.at_least_ago else None
     hits: list[Hit] = []
+    imprecise: list[Hit] = []  # at_least_ago cannot be told for these
     for resource in pool:
         if not status_counts(resource) or resource.get("status") == "preparation":
             continue
@@ -47,16 +48,49 @@ def evaluate_procedure(rule: ProcedureRule, ctx: Context) -> Finding:
             continue
         if excluded and excluded.matching_coding(codings(resource.get("code"))):
             continue
-        day = ctx.day(resource.get("performedDateTime")) or period_start(
-            resource.get("performedPeriod"), ctx.tz
-        )
-        if oldest is not None and day is not None and day.first > oldest:
+        day, label = procedure_day(resource, codes, ctx)
+        age = _old_enough(day, rule, ctx)
+        if age == "fails":
             continue  # too recent: the protocol asks for one at least that long ago
-        hits.append((resource, day, concept_label(resource.get("code"), codes)))
+        (hits if age == "meets" else imprecise).append((resource, day, label))
     done = dated_events(hits, rule.window, ctx, title=title, min_count=rule.min_count)
+    if done.kind != "found" and imprecise:
+        what = (
+            f"{title}: {_last(imprecise)}: date too imprecise to tell it was at least {rule.at_least_ago} ago"
+        )
+        return Finding("undetermined", what, _proofs(imprecise))
     if done.kind == "found" or not rule.planned or rule.valueset is None:
         return done
     return _planned_procedure(rule.valueset, codes, done, ctx)
+
+
+def procedure_day(
+    resource: Resource, codes: CompiledValueSet | None, ctx: Context
+) -> tuple[DayRange | None, str]:
+    """The days the procedure's last session could fall on, and its label: a course ends on its
+    period's end; one still in progress reaches the evaluation date; a course recorded with a
+    start and no end may have gone on to the evaluation date (so a window check can only be sure
+    when the start itself is inside); a single date is that day."""
+    label = concept_label(resource.get("code"), codes)
+    period = resource.get("performedPeriod")
+    end = period_end(period, ctx.tz)
+    start = ctx.day(resource.get("performedDateTime")) or period_start(period, ctx.tz)
+    if resource.get("status") == "in-progress" and end is None:
+        return DayRange(ctx.as_of, ctx.as_of), f"{label}, in progress" + (f" since {start}" if start else "")
+    if end is None and isinstance(period, dict) and start is not None and start.first <= ctx.as_of:
+        return DayRange(start.first, ctx.as_of), f"{label}, started {start}, end not recorded"
+    return end or start, label
+
+
+def _old_enough(day: DayRange | None, rule: ProcedureRule, ctx: Context) -> str:
+    if rule.at_least_ago is None:
+        return "meets"
+    latest = rule.at_least_ago.start(ctx.as_of)
+    if day is None:
+        return "unsure"
+    if day.last <= latest:
+        return "meets"
+    return "fails" if day.first > latest else "unsure"
 
 
 def _planned_procedure(name: str, codes: CompiledValueSet | None, done: Finding, ctx: Context) -> Finding:

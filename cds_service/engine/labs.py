@@ -9,6 +9,7 @@ time decides; results that cannot be ordered and disagree cannot decide), or any
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from cds_service.engine.context import Context
 from cds_service.engine.facts import (
@@ -17,14 +18,12 @@ from cds_service.engine.facts import (
     When,
     evidence,
     more,
-    observation_when,
     plural,
-    status_counts,
 )
 from cds_service.engine.model import LabRule, Threshold
-from cds_service.engine.readings import Value, is_null, part_for, read_value
+from cds_service.engine.readings import Value, is_null
 from cds_service.engine.report import Evidence
-from cds_service.engine.time import place
+from cds_service.engine.time import Placement, place
 from cds_service.engine.units import convert, format_number
 from cds_service.engine.valuesets import CompiledValueSet
 from cds_service.record import Resource, codings
@@ -50,20 +49,22 @@ def evaluate_lab(rule: LabRule, ctx: Context) -> Finding:
     valueset = ctx.valueset(rule.valueset)
     start = rule.window.start(ctx.as_of) if rule.window else None
     scope = valueset.title + (f" in the last {rule.window}" if rule.window else "")
-    items: list[Item] = []
-    undated = empty = 0
-    for resource in ctx.candidates(rule.valueset, ("Observation",)):
-        part = part_for(resource, valueset) if status_counts(resource) else None
-        if part is None or (rule.with_component and not _has_component(resource, rule, ctx)):
-            continue
-        when = observation_when(resource, ctx.tz)
-        if when is None:
-            undated += 1
+    results = ctx.results(rule.valueset)  # newest first
+    undated, empty = results.undated, 0
+    dated: list[tuple[Resource, dict[str, Any], When, Placement]] = []
+    for resource, part, when in results.dated:
+        if start is not None and when.day.last < start:
+            break  # newest first: everything after this is older still
+        if rule.with_component and not _has_component(resource, rule, ctx):
             continue
         where = place(when.day, start=start, end=ctx.as_of)
-        if when.day.first > ctx.as_of or where == "outside":
-            continue
-        value = read_value(part)
+        if where != "outside":
+            dated.append((resource, part, when, where))
+    items: list[Item] = []
+    for resource, part, when, where in dated:
+        if items and rule.pick == "latest" and when.day.last < items[0].when.day.last:
+            break
+        value = ctx.value(part)
         if value.absent:
             empty += 1
             continue
@@ -202,8 +203,11 @@ def judge_threshold(
     if threshold.relative_to is not None:
         return _judge_relative(value, number, unit, shown, threshold)
     target = threshold.unit or "1"
-    if not unit and target not in ("1", "%"):
-        return Reading("unsure", shown, f"no unit given (needs {target})")
+    if not unit:
+        unitless = _unitless(number, threshold)
+        if isinstance(unitless, Reading):
+            return Reading(unitless.verdict, shown, unitless.why)
+        unit = unitless
     converted = convert(number, from_unit=unit or "1", to_unit=target, molar_mass=molar_mass)
     if converted is None:
         return Reading("unsure", shown, f"unit {unit!r} cannot be compared with {target}")
@@ -212,6 +216,24 @@ def judge_threshold(
         shown += f" (= {format_number(converted)} {threshold.unit})"
     verdict = compare(converted, value.comparator, threshold.op, threshold.value)
     return Reading(verdict, shown, "the reported range straddles the limit")
+
+
+def _unitless(number: float, threshold: Threshold) -> str | Reading:
+    """The unit a number sent without one stands in, or why it cannot be told.
+
+    A score (a threshold without a unit) is compared as it is. A percentage threshold reads a bare
+    number above 1 as that many percent (LVEF 55); a bare number up to 1 could be a fraction or a
+    percentage, so it cannot decide. A fraction threshold (a unitless limit ≤ 1, FEV1/FVC 0.70)
+    cannot tell a bare number above 1 (probably a percentage) either. Any other unit: not given.
+    """
+    target = threshold.unit or "1"
+    if target == "%":
+        return "%" if number > 1 else Reading("unsure", "", "no unit given: a fraction or a percentage?")
+    if target == "1":
+        if 0 < threshold.value < 1 < number:
+            return Reading("unsure", "", "no unit given: a percentage against a fraction limit?")
+        return "1"
+    return Reading("unsure", "", f"no unit given (needs {target})")
 
 
 def _judge_relative(value: Value, number: float, unit: str, shown: str, threshold: Threshold) -> Reading:

@@ -21,10 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cds_service.engine.context import Context
-from cds_service.engine.facts import Finding, evidence, observation_when, status_counts
+from cds_service.engine.facts import Finding, evidence
 from cds_service.engine.labs import Item, Reading, compare, latest_items
 from cds_service.engine.model import MEASURE_UNITS, ComputedRule, MeasureInput
-from cds_service.engine.readings import Value, part_for, read_value
+from cds_service.engine.readings import Value
 from cds_service.engine.report import Evidence
 from cds_service.engine.time import age_on, day_range, place
 from cds_service.engine.units import convert, format_number
@@ -100,16 +100,17 @@ def _input(name: str, spec: MeasureInput, ctx: Context) -> Input:
     """The latest result of the input's value set in its window, in the unit the formula needs."""
     valueset = ctx.valueset(spec.valueset)
     start = spec.window.start(ctx.as_of) if spec.window else None
+    dated = [  # newest first: only the newest readable day decides
+        (resource, part, when)
+        for resource, part, when in ctx.results(spec.valueset).dated
+        if place(when.day, start=start, end=ctx.as_of) != "outside"
+    ]
     items: list[Item] = []
     values: dict[int, Value] = {}
-    for resource in ctx.candidates(spec.valueset, ("Observation",)):
-        part = part_for(resource, valueset) if status_counts(resource) else None
-        when = observation_when(resource, ctx.tz) if part is not None else None
-        if part is None or when is None or when.day.first > ctx.as_of:
-            continue
-        if place(when.day, start=start, end=ctx.as_of) == "outside":
-            continue
-        value = read_value(part)
+    for resource, part, when in dated:
+        if items and when.day.last < items[0].when.day.last:
+            break
+        value = ctx.value(part)
         if not value.absent:
             item = Item(resource, when, Reading("meets", value.shown))
             items.append(item)

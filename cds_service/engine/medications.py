@@ -111,9 +111,12 @@ def _judge(
             return "fails", f"{started}, before the last {rule.window}"
         if course.start.first < first_day:
             return "unsure", f"{started}: start date too imprecise for the last {rule.window}"
-    end = course.end or (as_of if course.active else course.start.last)
-    if end < first_day:
+    latest_end = course.end or (as_of if course.active else course.start.last)
+    earliest_end = course.end or (as_of if course.active else course.start.first)
+    if latest_end < first_day:
         return "fails", f"{started}, ended before the last {rule.window}"
+    if earliest_end < first_day:
+        return "unsure", f"{started}: dated too imprecisely to tell whether it reaches the last {rule.window}"
     if rule.min_daily_dose is not None:
         return _judge_dose(course, rule, valueset, first_day=first_day, as_of=as_of, started=started)
     return "meets", started

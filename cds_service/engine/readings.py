@@ -71,6 +71,7 @@ _WORDS = {
 _TITER = re.compile(r"^\s*1\s*:\s*(\d+(?:\.\d+)?)(?:\s+\S.*)?\s*$")
 _NUMBER = re.compile(r"^\s*(<=|>=|≤|≥|<|>|=)?\s*([-+]?\d+(?:[.,]\d+)?)\s*([^\d\s].*?)?\s*$")
 _COMPARATORS = {"≤": "<=", "≥": ">=", "=": None}
+_ORDINAL = re.compile(r"^\s*([0-4])\s*\+\s*$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +184,9 @@ def _written(text: str, base: Value) -> Value:
     match = _TITER.match(text)
     if match:
         return replace(base, shown=shown, titer=float(match.group(1)), text=text)
+    match = _ORDINAL.match(text)
+    if match:  # "3+", "2 +": an ordinal grade (IHC, dipstick), read as its number
+        return replace(base, shown=shown, number=float(match.group(1)), text=text)
     match = _NUMBER.match(text)
     if match:
         comparator = _COMPARATORS.get(match.group(1) or "", match.group(1))

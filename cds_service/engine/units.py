@@ -49,6 +49,17 @@ _COMMON_SPELLINGS = {
     "10^9/L": "10*9/L",
     "10^3/uL": "10*3/uL",
     "mg/mmol": "mg/mmol",
+    "mmHg": "mm[Hg]",
+    "mm Hg": "mm[Hg]",
+    "mEq/L": "meq/L",
+    "cells/uL": "{cells}/uL",
+    "cells/µL": "{cells}/uL",
+    "cells/mcL": "{cells}/uL",
+    "cells/mcl": "{cells}/uL",
+    "cells/mm3": "{cells}/mm3",
+    "/mcL": "/uL",
+    "x10E3/uL": "10*3/uL",
+    "x10E9/L": "10*9/L",
 }
 
 
@@ -72,6 +83,7 @@ def canonical(unit: str) -> str:
 
 
 _ANNOTATION = re.compile(r"\{[^{}]*\}")
+_MOLAR_RATIO = re.compile(r"[munpf]?mol/[munpf]?mol")
 
 
 @lru_cache(maxsize=4096)
@@ -110,7 +122,16 @@ def parse_quantity(text: str) -> Amount:
 
 @lru_cache(maxsize=4096)
 def factor(from_unit: str, to_unit: str, molar_mass: str | None = None) -> float | None:
-    """Multiplier taking a value in ``from_unit`` to ``to_unit``; None if they do not compare."""
+    """Multiplier taking a value in ``from_unit`` to ``to_unit``; None if they do not compare.
+
+    A molar ratio (mmol/mol) and a percentage are both dimensionless, but not the same quantity:
+    HbA1c 53 mmol/mol (IFCC) is about 7.0 % (NGSP), not 5.3 % — the two scales are related by a
+    regression, not a factor. Such pairs do not convert (the result is then unknown).
+    """
+    molar_from = _MOLAR_RATIO.fullmatch(canonical(from_unit)) is not None
+    molar_to = _MOLAR_RATIO.fullmatch(canonical(to_unit)) is not None
+    if molar_from != molar_to:
+        return None
     try:
         source, target = parse_unit(from_unit), parse_unit(to_unit)
     except UnitError:
