@@ -1,14 +1,21 @@
-"""create_app(): one FastAPI process serving the CDS Hooks service and the SMART app.
+"""create_app(): one FastAPI process serving the CDS Hooks service, the SMART app and operations.
 
-Mappings are loaded once, here; the exception tree maps to statuses in one place; bodies over the
-configured limit are refused with 413 before they are read into memory.
+Settings are checked first (``CDS_ENV=production`` refuses unsafe ones, naming what to set);
+mappings are loaded once; one database engine serves feedback, audit and SMART sessions; the
+exception tree maps to statuses in one place, every body as ``{"error": ...}`` (404 and 405
+included) with FHIR ids masked. Middleware (``ops.middleware``) adds the request id and access log,
+hook metrics and audit, and the body limit. The lifespan prunes old audit rows at start and daily,
+and closes the database and outbound HTTP sessions at shutdown.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
-import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -18,69 +25,142 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cds_service import __version__
+from cds_service.db import make_engine
 from cds_service.engine.loader import load_catalog
 from cds_service.errors import (
+    AuditUnavailable,
     CdsServiceError,
     FhirError,
     InvalidInput,
     PrefetchUnavailable,
+    RequestTooLarge,
     Unauthorized,
+    without_ids,
 )
 from cds_service.fhir.queries import prefetch_templates
 from cds_service.hooks.auth import EhrAuthenticator, JwksCache, JwtPolicy
-from cds_service.hooks.service import CLEANUP_KEY, HookDeps, build_hooks_router, request_schemas
+from cds_service.hooks.service import FEEDBACK_PATH, HOOK_PATH, HookDeps, build_hooks_router, request_schemas
+from cds_service.ops.audit import AuditLog, Pseudonyms
+from cds_service.ops.health import DatabaseProbe, build_ops_router
+from cds_service.ops.middleware import BodyLimit, HookObserver, RequestContext
 from cds_service.portfolio import load_portfolio
-from cds_service.settings import Settings, get_settings
+from cds_service.settings import Settings, check_settings, get_settings
 from cds_service.smart.router import build_smart_router
+from cds_service.smart.sessions import SessionStore
 from cds_service.store import FeedbackStore
 
 log = logging.getLogger("cds_service")
+MAINTENANCE_EVERY = 24 * 3600.0
+
+
+@dataclass
+class _Lifecycle:
+    """What the lifespan prunes periodically and closes at shutdown."""
+
+    audit: AuditLog
+    sessions: SessionStore
+    closers: list[Any]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    check_settings(settings)
     catalog = load_catalog(settings.mappings_dir)
-    authenticator = None
+    engine = make_engine(settings.feedback_db_url)
+    authenticator, jwks = None, None
     if settings.trusted_issuers:
         policy = JwtPolicy(trusted_issuers=settings.trusted_issuers, algorithms=settings.jwt_algorithms())
-        jwks = JwksCache(min_refetch_seconds=settings.jwks_min_refetch_seconds)
+        jwks = JwksCache(
+            min_refetch_seconds=settings.jwks_min_refetch_seconds,
+            fetch_threads=max(4, len(settings.trusted_issuers)),
+        )
         authenticator = EhrAuthenticator(policy, jwks=jwks)
-    store = FeedbackStore(settings.feedback_db_url)
+    audit = AuditLog(engine, retention_days=settings.audit_retention_days)
+    secret = settings.pseudonym_key.get_secret_value() if settings.pseudonym_key else None
     deps = HookDeps(
         settings=settings,
         catalog=catalog,
         templates=prefetch_templates(catalog),
         authenticator=authenticator,
-        store=store,
+        store=FeedbackStore(engine),
+        audit=audit,
+        pseudonyms=Pseudonyms.from_secret(secret),
         portfolio=load_portfolio(settings.portfolio, catalog),
     )
+    sessions = SessionStore.for_settings(engine, settings)
+    probe = DatabaseProbe(engine)
+    state = _Lifecycle(audit=audit, sessions=sessions, closers=[probe, jwks, engine])
 
-    app = FastAPI(title="cds_service: clinical trial eligibility", version=__version__)
-    app.state.settings = settings
-    app.state.catalog = catalog
-    app.state.store = store
+    docs = settings.docs_enabled()
+    app = FastAPI(
+        title="cds_service: clinical trial eligibility",
+        version=__version__,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+        lifespan=_lifespan(state),
+    )
+    app.state.settings, app.state.catalog, app.state.store = settings, catalog, deps.store
+    app.state.audit, app.state.sessions, app.state.engine = audit, sessions, engine
+    app.include_router(build_ops_router(settings=settings, catalog=catalog, probe=probe))
     app.include_router(build_hooks_router(deps))
     _document_request_models(app)
-    _mount_smart(app, settings=settings, catalog=catalog)
+    app.include_router(
+        build_smart_router(settings=settings, catalog=catalog, sessions=sessions), prefix="/smart"
+    )
     _install_error_handlers(app)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
             max_age=600,
         )
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(AccessLog)
+    app.add_middleware(HookObserver, hook_path=HOOK_PATH, feedback_path=FEEDBACK_PATH, audit=audit)
+    app.add_middleware(RequestContext)
     # Everything built so far lives as long as the process: keep the garbage collector from
     # re-scanning it on every request (it tripled the parse time of a heavy prefetch).
     gc.collect()
     gc.freeze()
     return app
+
+
+def _lifespan(state: _Lifecycle) -> Any:
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(_maintain(state))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            for item in state.closers:
+                closer = getattr(item, "close", None) or getattr(item, "dispose", None)
+                if closer is not None:
+                    closer()
+
+    return lifespan
+
+
+async def _maintain(state: _Lifecycle) -> None:
+    """Audit retention and expired SMART sessions: at start, then daily (sessions hourly)."""
+    elapsed = MAINTENANCE_EVERY
+    while True:
+        try:
+            if elapsed >= MAINTENANCE_EVERY:
+                await run_in_threadpool(state.audit.prune)
+                elapsed = 0.0
+            await run_in_threadpool(state.sessions.cleanup)
+        except Exception as exc:  # a database hiccup must not end the loop
+            log.error("maintenance failed: %s", type(exc).__name__)
+        await asyncio.sleep(3600.0)
+        elapsed += 3600.0
 
 
 def _document_request_models(app: FastAPI) -> None:
@@ -94,13 +174,10 @@ def _document_request_models(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def _mount_smart(app: FastAPI, *, settings: Settings, catalog: Any) -> None:
-    app.include_router(build_smart_router(settings=settings, catalog=catalog), prefix="/smart")
-
-
-def _error(status: int, message: str | None) -> Response:
+def _error(status: int, message: str | None, headers: Mapping[str, str] | None = None) -> Response:
     body = orjson.dumps({"error": message}) if message else b""
-    return Response(content=body, status_code=status, media_type="application/json" if body else None)
+    media_type = "application/json" if body else None
+    return Response(content=body, status_code=status, media_type=media_type, headers=headers)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -110,22 +187,37 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(InvalidInput)
     async def invalid(_: Request, exc: InvalidInput) -> Response:
-        return _error(400, str(exc))
+        return _error(400, without_ids(str(exc)))
 
     @app.exception_handler(PrefetchUnavailable)
     async def unavailable(_: Request, exc: PrefetchUnavailable) -> Response:
-        log.warning("412: %s", exc)
-        return _error(412, str(exc))
+        message = without_ids(str(exc))
+        log.warning("412: %s", message)
+        return _error(412, message)
 
     @app.exception_handler(FhirError)
     async def fhir_error(_: Request, exc: FhirError) -> Response:
-        log.warning("FHIR error: %s", exc)
-        return _error(412, str(exc))
+        message = without_ids(str(exc))
+        log.warning("FHIR error: %s", message)
+        return _error(412, message)
+
+    @app.exception_handler(RequestTooLarge)
+    async def too_large(_: Request, exc: RequestTooLarge) -> Response:
+        return _error(413, str(exc))
+
+    @app.exception_handler(AuditUnavailable)
+    async def unaudited(_: Request, exc: AuditUnavailable) -> Response:
+        return _error(500, str(exc))
 
     @app.exception_handler(CdsServiceError)
     async def other(_: Request, exc: CdsServiceError) -> Response:
         log.error("service error %s", type(exc).__name__)
         return _error(500, "internal error")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        """404 / 405 (and any other HTTPException) in the app's own ``{"error": ...}`` form."""
+        return _error(exc.status_code, str(exc.detail), headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation(_: Request, exc: RequestValidationError) -> Response:
@@ -141,83 +233,3 @@ def _install_error_handlers(app: FastAPI) -> None:
         where = f"{frame.tb_frame.f_code.co_filename}:{frame.tb_lineno}" if frame else "?"
         log.error("unhandled %s at %s", type(exc).__name__, where)  # no message: it may hold PHI
         return _error(500, "internal error")
-
-
-class AccessLog:
-    """Method, path, status and time: never the query string (SMART codes) nor headers (tokens)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.log = logging.getLogger("cds_service.access")
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def record(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, record)
-        finally:
-            elapsed = (time.perf_counter() - started) * 1000
-            self.log.info("%s %s %d %.0f ms", scope["method"], scope["path"], status, elapsed)
-            for action in scope.pop(CLEANUP_KEY, ()):  # after the answer is out, even on errors
-                await run_in_threadpool(action)
-
-
-class BodyLimit:
-    """413 for bodies over the limit, by Content-Length or while streaming (chunked uploads)."""
-
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or ()).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await _send_413(send, self.max_bytes)
-            return
-        if declared is not None:
-            await self.app(scope, receive, send)
-            return
-        chunks: list[bytes] = []  # no Content-Length (chunked): buffer up to the limit, then replay
-        seen = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            chunks.append(message.get("body", b""))
-            seen += len(chunks[-1])
-            if seen > self.max_bytes:
-                await _send_413(send, self.max_bytes)
-                return
-            if not message.get("more_body", False):
-                break
-        replay: list[Message] = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
-
-        async def replayed() -> Message:
-            return replay.pop() if replay else await receive()
-
-        await self.app(scope, replayed, send)
-
-
-async def _send_413(send: Send, limit: int) -> None:
-    body = orjson.dumps({"error": f"request body exceeds {limit} bytes"})
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})

@@ -80,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     serve.set_defaults(handler=_serve)
+    _add_audit_export(commands)
 
     from cds_service.screen.cli import add_screen_command  # the population screen, its own package
 
@@ -208,41 +209,67 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from cds_service.app import create_app
-    from cds_service.settings import get_settings
+    from cds_service.ops import serve as ops_serve
 
-    logging.config.dictConfig(LOG_CONFIG)
-    settings = get_settings()
+    settings = ops_serve.prepare(workers=args.workers)  # ConfigError: one line, exit 2
+    options = ops_serve.uvicorn_options(settings)
+    logging.config.dictConfig(options["log_config"])
     if settings.allow_unsigned:
         print(_UNSIGNED_BANNER, file=sys.stderr, flush=True)
+    from cds_service.app import create_app
+
     create_app(settings)  # fail fast, with a clear message, on bad mappings or settings
-    # uvicorn's access log prints query strings (SMART codes and state): ours logs paths only.
     uvicorn.run(
         "cds_service.app:create_app",
         factory=True,
         host=args.host,
         port=args.port,
         workers=args.workers,
-        access_log=False,
-        log_config=LOG_CONFIG,
+        **options,
     )
     return 0
 
 
-# Applied by every uvicorn worker process too. urllib3 stays at WARNING: its DEBUG lines carry
-# request query strings (patient ids).
-LOG_CONFIG: dict[str, object] = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"level": "INFO", "handlers": ["stderr"]},
-    "loggers": {
-        "urllib3": {"level": "WARNING"},
-        "uvicorn": {"level": "INFO", "handlers": [], "propagate": True},
-        "uvicorn.error": {"level": "INFO", "handlers": [], "propagate": True},
-    },
-}
+# --- audit-export (cds_service.ops.audit) ----------------------------------------------------
+
+
+def _add_audit_export(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    export = commands.add_parser(
+        "audit-export", help="write the audit trail of a date range (UTC) as CSV or NDJSON to stdout"
+    )
+    export.add_argument("--since", required=True, metavar="DATE", help="first day, YYYY-MM-DD (UTC)")
+    export.add_argument("--until", metavar="DATE", help="last day, included (default: up to now)")
+    export.add_argument("--format", choices=("csv", "ndjson"), default="ndjson")
+    export.set_defaults(handler=_audit_export)
+
+
+def _audit_export(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime, timedelta
+
+    from cds_service.db import make_engine
+    from cds_service.ops.audit import AuditLog, export
+    from cds_service.ops.serve import load_settings
+
+    def day(option: str, value: str) -> datetime:
+        try:
+            return datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC)
+        except ValueError:
+            raise InvalidInput(f"{option} {value!r}: expected a date YYYY-MM-DD") from None
+
+    since = day("--since", args.since)
+    until = day("--until", args.until) + timedelta(days=1) if args.until else None
+    if until is not None and until <= since:
+        raise InvalidInput(f"--until {args.until!r} is before --since {args.since!r}")
+    settings = load_settings()
+    engine = make_engine(settings.feedback_db_url)
+    try:
+        audit = AuditLog(engine, retention_days=settings.audit_retention_days)
+        count = export(audit.rows(since=since, until=until), fmt=args.format, out=sys.stdout)
+    finally:
+        engine.dispose()
+    print(f"cds-service: {count} audit row(s) exported", file=sys.stderr)
+    return 0
+
 
 _UNSIGNED_BANNER = """
 !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from pydantic import ValidationError
 
 from cds_service.codes import PLAIN_SYSTEMS, normalize
-from cds_service.errors import InvalidInput, InvalidResource
+from cds_service.errors import ForeignData, InvalidInput, InvalidResource
 from cds_service.gcpause import paused
 
 Resource = dict[str, Any]
@@ -179,12 +179,30 @@ def from_bytes(data: bytes) -> PatientRecord:
         return build_record([parse_json(data)])
 
 
-def build_record(parts: Iterable[Any]) -> PatientRecord:
-    """A record from Bundles and/or resources, e.g. the values of a hook's prefetch."""
+def build_record(
+    parts: Iterable[Any],
+    *,
+    foreign: Literal["refuse", "drop"] = "refuse",
+    dropped: list[Resource] | None = None,
+) -> PatientRecord:
+    """A record from Bundles and/or resources, e.g. the values of a hook's prefetch.
+
+    Resources about another patient raise ``ForeignData`` (an InvalidInput), or with
+    ``foreign="drop"`` are left out of the record and appended to ``dropped``, for the caller to
+    count and report (without ids). The record is then built again without them: the rare case
+    pays twice, the common one nothing."""
     entries: list[tuple[str | None, Resource]] = []
     for part in parts:
         _entries(part, entries)
-    return _index(entries)
+    try:
+        return _index(entries)
+    except ForeignData as exc:
+        if foreign == "refuse":
+            raise
+        left_out = {id(resource) for resource in exc.resources}
+        if dropped is not None:
+            dropped.extend(exc.resources)
+        return _index([(url, r) for url, r in entries if id(r) not in left_out])
 
 
 def _entries(part: Any, out: list[tuple[str | None, Resource]]) -> None:
@@ -349,13 +367,34 @@ def _index_medication_references(record: PatientRecord) -> None:
 
 
 def _refuse_other_patients(record: PatientRecord, subjects: Mapping[str, tuple[Resource, str]]) -> None:
-    """Data about someone else must never decide this patient's eligibility."""
+    """Data about someone else must never decide this patient's eligibility.
+
+    Raises ForeignData holding *every* resource whose subject/patient is another patient (so a
+    caller may drop them); the message names the resource type and field, never an id."""
+    foreign: set[str] = set()
+    first: tuple[Resource, str] | None = None
     for target, (resource, name) in subjects.items():
         if resource.get("resourceType") == "Patient":
             continue
         if "Patient" not in target and "urn:" not in target:
             continue
         if record.resolve({"reference": target}) is not record.patient:
-            raise InvalidInput(
-                f"{reference_of(resource)}.{name} refers to a patient other than {record.reference}"
-            )
+            foreign.add(target)
+            first = first or (resource, name)
+    if first is None:
+        return
+    offenders = []
+    for resource in record.all_resources():
+        if resource.get("resourceType") == "Patient":
+            continue
+        for field_name in _SUBJECT_FIELDS:
+            ref = resource.get(field_name)
+            if isinstance(ref, dict) and ref.get("reference") in foreign:
+                offenders.append(resource)
+                break
+    resource, name = first
+    raise ForeignData(
+        f"{len(offenders)} resource(s) refer to a patient other than the record's Patient "
+        f"(first: a {resource.get('resourceType')}.{name})",
+        resources=offenders,
+    )

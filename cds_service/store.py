@@ -12,20 +12,20 @@ from typing import Any
 from sqlalchemy import (
     Column,
     DateTime,
+    Engine,
     Integer,
     MetaData,
     String,
     Table,
     Text,
     UniqueConstraint,
-    create_engine,
     func,
     select,
 )
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.pool import StaticPool
 
+from cds_service.db import make_engine
 from cds_service.hooks.models import FeedbackItem
 
 _metadata = MetaData()
@@ -49,13 +49,11 @@ feedback_table = Table(
 
 
 class FeedbackStore:
-    def __init__(self, url: str) -> None:
-        options: dict[str, Any] = {"future": True}
-        if url.startswith("sqlite"):
-            options["connect_args"] = {"check_same_thread": False}
-            if url in ("sqlite://", "sqlite:///:memory:"):
-                options["poolclass"] = StaticPool
-        self._engine = create_engine(url, **options)
+    """Over the app's database engine (``cds_service.db``), or its own for a URL."""
+
+    def __init__(self, url_or_engine: str | Engine) -> None:
+        self._owned = isinstance(url_or_engine, str)
+        self._engine = make_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
         _metadata.create_all(self._engine)
 
     def record(self, *, service: str, items: list[FeedbackItem]) -> int:
@@ -86,7 +84,8 @@ class FeedbackStore:
             return [dict(r._mapping) for r in conn.execute(select(feedback_table))]
 
     def close(self) -> None:
-        self._engine.dispose()
+        if self._owned:
+            self._engine.dispose()
 
 
 def _row(*, service: str, item: FeedbackItem, now: datetime) -> dict[str, Any]:

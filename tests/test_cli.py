@@ -73,7 +73,7 @@ def test_table_names_trial_status_and_every_criterion(capsys: pytest.CaptureFixt
             b'{"resource": {"resourceType": "Patient", "id": "a"}},'
             b'{"resource": {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/zz"},'
             b' "code": {"text": "x"}}}]}',
-            "refers to a patient other than Patient/a",
+            "1 resource(s) refer to a patient other than the record's Patient (first: a Condition.subject)",
         ),
     ],
 )

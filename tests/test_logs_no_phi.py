@@ -313,3 +313,57 @@ def test_a_missing_patient_is_not_named_in_the_log(
         response = client.post(SERVICE, json=fetching(client, faulty, "patient", token=FHIR_TEST_TOKEN))
     assert response.status_code == 412
     assert scan(service_lines(caplog), liz_needles()) == []
+
+
+# --- error bodies and the probe's cases: no patient id in a log line or an answer -------------------
+
+FOREIGN_ID = "foreign-patient-7f3a91"
+
+
+def foreign(resource_type: str = "Observation") -> dict[str, Any]:
+    return {
+        "resourceType": resource_type,
+        "id": "res-of-another-7f3a91",
+        "status": "final",
+        "code": {"text": "x"},
+        "subject": {"reference": f"Patient/{FOREIGN_ID}"},
+    }
+
+
+def test_error_bodies_and_logs_name_no_patient(
+    tmp_path: Path, faulty: FaultyFhirServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each way a hook call can name a patient in an answer or a log line: an invalid Patient, the
+    wrong Patient, foreign data in the prefetch (left out) and from the FHIR server (412), a missing
+    Patient, a patientId that is no FHIR id. Bodies and log lines are scanned for every id."""
+    caplog.set_level(logging.DEBUG)
+    answers = []
+    with fhir_client(tmp_path, faulty) as client:
+        invalid = hook_request(LIZ, client)
+        invalid["prefetch"]["patient"] = {**LIZ_PATIENT, "birthDate": "not-a-date"}
+        wrong = hook_request(LIZ, client)
+        wrong["context"]["patientId"] = "someone-else-entirely"
+        mixed = hook_request(LIZ, client)
+        mixed["prefetch"]["conditions"].setdefault("entry", []).append({"resource": foreign("Condition")})
+        dots = hook_request(LIZ, client)
+        dots["context"]["patientId"] = ".."
+        for body in (invalid, wrong, mixed, dots):
+            answers.append(client.post(SERVICE, json=body))
+        faulty.entries = [{"resource": foreign(), "search": {"mode": "match"}}]
+        answers.append(
+            client.post(SERVICE, json=fetching(client, faulty, "observations", token=FHIR_TEST_TOKEN))
+        )
+        faulty.entries, faulty.mode = None, "status:404"
+        answers.append(client.post(SERVICE, json=fetching(client, faulty, "patient", token=FHIR_TEST_TOKEN)))
+    assert [a.status_code for a in answers] == [400, 400, 200, 400, 412, 412]
+    assert answers[0].json()["error"].startswith("Patient/… is not valid FHIR R4: birthDate")
+    assert answers[1].json() == {"error": "the prefetched Patient is not context.patientId"}
+    assert answers[4].json() == {"error": "the FHIR server sent data about another patient"}
+    texts = [a.text for a in answers] + service_lines(caplog)
+    assert "another patient left out (Condition 1)" in "\n".join(texts)
+    extra = [
+        Needle("patient id", FOREIGN_ID, "this test"),
+        Needle("patient id", "someone-else-entirely", "this test"),
+        Needle("resource id", "res-of-another-7f3a91", "this test"),
+    ]
+    assert scan(texts, [*liz_needles(), *extra]) == []

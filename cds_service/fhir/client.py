@@ -22,25 +22,29 @@ between unrelated callers.
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import logging
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, ParamSpec, Self, TypeVar
 from urllib.parse import parse_qsl, urljoin, urlsplit
 
 import orjson
 import requests
-from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
+from cds_service import net
 from cds_service.errors import FhirError, FhirTimeout, FhirUnauthorized, InvalidInput
 from cds_service.fhir.allowlist import same_origin_and_under
+from cds_service.fhir.ids import is_fhir_id
+from cds_service.ops import metrics
 from cds_service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -50,7 +54,8 @@ FHIR_JSON = "application/fhir+json"
 _TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
 _READ = re.compile(r"([A-Z][A-Za-z]{1,63})/[A-Za-z0-9\-.]{1,64}")
 _UNSAFE_QUERY = re.compile(r"[\x00-\x20\x7f#]")
-_CHUNK = 64 * 1024
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @dataclass
@@ -66,7 +71,7 @@ class _Budget:
     def remaining(self) -> float:
         """Seconds left; raises when they are spent or a sibling search already failed."""
         if self.failure is not None:
-            raise FhirError("FHIR fetch abandoned after another search failed")
+            raise FhirError("FHIR fetch abandoned after another search failed", kind="abandoned")
         left = self.ends - time.monotonic()
         if left <= 0:
             raise FhirTimeout(f"FHIR server did not answer within {self.total:g} s in total")
@@ -90,16 +95,27 @@ class _BearerAuth(AuthBase):
         return request
 
 
+def _counted(method: Callable[P, R]) -> Callable[P, R]:
+    """Count a public call's failure once, by kind (``cds_fhir_fetch_failures_total``)."""
+
+    @functools.wraps(method)
+    def counted(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except FhirError as exc:
+            metrics.fhir_failure(exc.kind)
+            raise
+
+    return counted
+
+
 class FhirClient:
     """A FHIR R4 client for one server and one access token; close it (or use ``with``)."""
 
     def __init__(self, *, base_url: str, token: str | None, settings: Settings) -> None:
         self._base = base_url.rstrip("/")
         self._settings = settings
-        self._session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=settings.fhir_parallel_searches)
-        for scheme in ("https://", "http://"):
-            self._session.mount(scheme, adapter)
+        self._session = net.session(pool_maxsize=settings.fhir_parallel_searches)
         self._session.headers["Accept"] = FHIR_JSON
         self._session.auth = _BearerAuth(token)
         self._lock = threading.Lock()
@@ -128,14 +144,17 @@ class FhirClient:
     def __repr__(self) -> str:
         return f"FhirClient({self._base!r})"  # never the token
 
+    @_counted
     def read(self, path: str) -> Json | None:
         """``Type/id`` → the resource, or None when the server says 404/410."""
         return self._read(path, self._budget())
 
+    @_counted
     def search(self, query: str) -> Json:
         """``Type?params`` → one searchset Bundle holding the entries of every page."""
         return self._search(query, self._budget())
 
+    @_counted
     def continue_bundle(self, bundle: Mapping[str, Any]) -> Json:
         """A (prefetched) searchset Bundle completed with the pages its ``next`` link leads to."""
         if not isinstance(bundle, Mapping) or bundle.get("resourceType") != "Bundle":
@@ -148,6 +167,7 @@ class FhirClient:
         what = f"{path if _TYPE.fullmatch(path) else 'FHIR'} search"
         return self._follow(first, url=self._base + "/", what=what, budget=self._budget())
 
+    @_counted
     def fetch_all(self, queries: Mapping[str, str]) -> dict[str, Any]:
         """Run reads and searches in parallel within one deadline: key → resource, Bundle or None.
 
@@ -159,7 +179,10 @@ class FhirClient:
         budget = self._budget()
         workers = min(self._settings.fhir_parallel_searches, len(queries))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fhir-fetch") as pool:
-            futures = {key: pool.submit(self._fetch_one, q, budget) for key, q in queries.items()}
+            futures = {  # each in a copy of this context: log lines keep the request id
+                key: pool.submit(contextvars.copy_context().run, self._fetch_one, q, budget)
+                for key, q in queries.items()
+            }
             wait(futures.values(), return_when=FIRST_EXCEPTION)
             if budget.failure is not None:
                 for future in futures.values():
@@ -182,13 +205,15 @@ class FhirClient:
 
     def _read(self, path: str, budget: _Budget) -> Json | None:
         match = _READ.fullmatch(path)
-        if match is None:
+        if match is None or not is_fhir_id(path.split("/", 1)[1]):
             raise InvalidInput("FHIR read must be Type/id")
         what = f"{match[1]} read"
         started = time.monotonic()
         resource = self._get(f"{self._base}/{path}", what=what, budget=budget, missing_ok=True)
         if resource is not None and resource.get("resourceType") != match[1]:
-            raise FhirError(f"FHIR server sent a malformed answer for {what} (wrong resourceType)")
+            raise FhirError(
+                f"FHIR server sent a malformed answer for {what} (wrong resourceType)", kind="invalid"
+            )
         log.debug("FHIR %s: 1 request, %.0f ms", what, (time.monotonic() - started) * 1000)
         return resource
 
@@ -211,9 +236,13 @@ class FhirClient:
         pages, page = 1, first
         while (link := _next_link(page, url, what)) is not None:
             if not same_origin_and_under(link, self._base):
-                raise FhirError(f"FHIR server sent a next link outside its base URL for {what}")
+                raise FhirError(
+                    f"FHIR server sent a next link outside its base URL for {what}", kind="paging"
+                )
             if pages >= limit:
-                raise FhirError(f"{what} has more than {limit} pages (fhir_page_limit); not truncating")
+                raise FhirError(
+                    f"{what} has more than {limit} pages (fhir_page_limit); not truncating", kind="paging"
+                )
             page = self._page(link, what=what, budget=budget)
             url, pages = link, pages + 1
             entries.extend(page.get("entry") or [])
@@ -225,45 +254,42 @@ class FhirClient:
     def _page(self, url: str, *, what: str, budget: _Budget) -> Json:
         page = self._get(url, what=what, budget=budget)
         if page is None:  # unreachable: missing_ok is False
-            raise FhirError(f"FHIR server sent no page for {what}")
+            raise FhirError(f"FHIR server sent no page for {what}", kind="invalid")
         return _as_bundle(page, what)
 
     def _get(self, url: str, *, what: str, budget: _Budget, missing_ok: bool = False) -> Json | None:
-        """GET one URL within the budget; map every failure to a FhirError naming only ``what``."""
-        left = budget.remaining()
+        """GET one URL within the budget; map every failure to a FhirError naming only ``what``.
+
+        The budget's end is enforced on the socket (``net``): a server that drips bytes is cut off
+        when the hook's total deadline passes, whatever stage the answer is in."""
+        budget.remaining()
         s = self._settings
-        timeout = (min(s.fhir_connect_timeout, left), min(s.fhir_read_timeout, left))
         with self._lock:
             self._requests += 1
+        started = time.monotonic()
         try:
-            with self._session.get(url, timeout=timeout, allow_redirects=False, stream=True) as resp:
-                if missing_ok and resp.status_code in (404, 410):
-                    return None
-                _check_status(resp.status_code, what)
-                body = self._body(resp, what=what, budget=budget)
+            reply = net.fetch(
+                self._session,
+                "GET",
+                url,
+                ends=budget.ends,
+                timeout=(s.fhir_connect_timeout, s.fhir_read_timeout),
+                max_bytes=s.max_body_bytes,
+            )
+        except net.BodyTooLarge:
+            raise FhirError(
+                f"FHIR server sent more than {s.max_body_bytes} bytes for {what}", kind="too-large"
+            ) from None
+        except net.DeadlineExceeded:
+            raise FhirTimeout(f"FHIR server did not answer within {budget.total:g} s in total") from None
         except requests.RequestException as exc:
-            error = _translate(exc, what)
-            if isinstance(error, FhirTimeout) and left < max(s.fhir_connect_timeout, s.fhir_read_timeout):
-                error = FhirTimeout(f"FHIR server did not answer within {budget.total:g} s in total")
-            raise error from None
-        return _parse_json(body, what)
-
-    def _body(self, resp: requests.Response, *, what: str, budget: _Budget) -> bytes:
-        """The (decoded) body, refusing more than ``max_body_bytes`` and stopping at the deadline."""
-        limit = self._settings.max_body_bytes
-        declared = resp.headers.get("Content-Length", "")
-        too_big = FhirError(f"FHIR server sent more than {limit} bytes for {what}")
-        if declared.isdigit() and int(declared) > limit:
-            raise too_big
-        chunks: list[bytes] = []
-        size = 0
-        for chunk in resp.iter_content(_CHUNK):
-            size += len(chunk)
-            if size > limit:
-                raise too_big
-            budget.remaining()
-            chunks.append(chunk)
-        return b"".join(chunks)
+            raise _translate(exc, what) from None
+        finally:
+            metrics.FHIR_FETCH_DURATION.observe(time.monotonic() - started)
+        if missing_ok and reply.status in (404, 410):
+            return None
+        _check_status(reply.status, what)
+        return _parse_json(reply.body, what)
 
 
 def _check_status(status: int, what: str) -> None:
@@ -279,7 +305,7 @@ def _translate(exc: requests.RequestException, what: str) -> FhirError:
     if isinstance(exc, requests.Timeout) or isinstance(cause, ReadTimeoutError):
         return FhirTimeout(f"FHIR server did not answer in time for {what}")
     if isinstance(exc, requests.exceptions.ChunkedEncodingError | requests.exceptions.ContentDecodingError):
-        return FhirError(f"FHIR server sent a malformed page for {what} (broken transfer)")
+        return FhirError(f"FHIR server sent a malformed page for {what} (broken transfer)", kind="invalid")
     if isinstance(exc, requests.ConnectionError):
         if isinstance(cause, ProtocolError):
             return FhirError(f"FHIR server closed the connection during {what}")
@@ -291,9 +317,9 @@ def _parse_json(body: bytes, what: str) -> Json:
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise FhirError(f"FHIR server sent a malformed page for {what} (not JSON)") from None
+        raise FhirError(f"FHIR server sent a malformed page for {what} (not JSON)", kind="invalid") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("resourceType"), str):
-        raise FhirError(f"FHIR server sent a malformed page for {what} (not a FHIR resource)")
+        raise FhirError(f"FHIR server sent a malformed page for {what} (not a FHIR resource)", kind="invalid")
     return doc
 
 
@@ -304,7 +330,7 @@ def _as_bundle(doc: Json, what: str) -> Json:
         for key in ("entry", "link")
     )
     if not ok:
-        raise FhirError(f"FHIR server sent a malformed page for {what} (not a Bundle)")
+        raise FhirError(f"FHIR server sent a malformed page for {what} (not a Bundle)", kind="invalid")
     return doc
 
 
@@ -314,6 +340,8 @@ def _next_link(bundle: Json, current_url: str, what: str) -> str | None:
         if link.get("relation") == "next":
             url = link.get("url")
             if not isinstance(url, str) or not url:
-                raise FhirError(f"FHIR server sent a malformed page for {what} (next link has no url)")
+                raise FhirError(
+                    f"FHIR server sent a malformed page for {what} (next link has no url)", kind="invalid"
+                )
             return urljoin(current_url, url)
     return None

@@ -11,7 +11,6 @@ is logged, never the token or claims other than ``iss``.
 from __future__ import annotations
 
 import heapq
-import json
 import logging
 import re
 import threading
@@ -22,12 +21,23 @@ from types import MappingProxyType
 from typing import Any
 
 import jwt
-import requests
-from jwt.exceptions import MissingRequiredClaimError, PyJWTError
+from jwt.exceptions import (
+    ExpiredSignatureError,
+    ImmatureSignatureError,
+    InvalidAudienceError,
+    InvalidIssuedAtError,
+    InvalidIssuerError,
+    InvalidSignatureError,
+    MissingRequiredClaimError,
+    PyJWTError,
+)
 
 from cds_service.errors import Unauthorized
+from cds_service.hooks.jwks import JwksCache, JwksUnavailable
+from cds_service.ops import metrics
 
 log = logging.getLogger(__name__)
+__all__ = ["EhrAuthenticator", "JtiCache", "JwksCache", "JwksUnavailable", "JwtPolicy", "VerifiedClient"]
 
 # alg -> (kty, crv) its verifying JWK must have. Only asymmetric algorithms exist here.
 _KEY_SHAPE: dict[str, tuple[str, str | None]] = {
@@ -48,12 +58,25 @@ _MAX_TOKEN_CHARS = 8192
 _MAX_JTI_CHARS = 256
 
 
-class JwksUnavailable(Unauthorized):
-    """The issuer's JWK Set could not be had, so no token of that issuer can be verified now."""
-
-
 class _Refused(Exception):
-    """Internal: the reason a token was refused; logged, never shown to the caller."""
+    """Internal: why a token was refused; logged and counted by ``reason`` (one of
+    ``metrics.JWT_REASONS``), never shown to the caller."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _reason_of(exc: PyJWTError) -> str:
+    if isinstance(exc, InvalidSignatureError):
+        return "signature"
+    if isinstance(exc, InvalidAudienceError):
+        return "audience"
+    if isinstance(exc, ExpiredSignatureError | ImmatureSignatureError | InvalidIssuedAtError):
+        return "expired"
+    if isinstance(exc, InvalidIssuerError):
+        return "issuer"
+    return "claims"
 
 
 @dataclass(frozen=True)
@@ -86,103 +109,6 @@ class VerifiedClient:
     jti: str
     tenant: str | None
     exp: int
-
-
-class JwksCache:
-    """JWK Sets by URL: fetched on demand, kept ``ttl_seconds``, refetched once for an unknown kid.
-
-    A refetch (for rotation) or a retry after a failure happens at most once per
-    ``min_refetch_seconds`` per URL, so tokens with random kids, or a dead EHR, cannot make us
-    hammer the EHR or stall every request on its timeouts. One lock per URL makes concurrent
-    misses share one fetch. Expired sets are not served when a refresh fails: a key the EHR
-    withdrew must stop working.
-    """
-
-    def __init__(
-        self,
-        *,
-        http_timeout: tuple[float, float] = (2.0, 3.0),
-        ttl_seconds: float = 600.0,
-        min_refetch_seconds: float = 30.0,
-        max_bytes: int = 64 * 1024,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._timeout = http_timeout
-        self._ttl = ttl_seconds
-        self._min_refetch = min_refetch_seconds
-        self._max_bytes = max_bytes
-        self._clock = clock
-        self._locks_guard = threading.Lock()
-        self._locks: dict[str, threading.Lock] = {}
-        self._sets: dict[str, tuple[float, dict[str, dict[str, Any]]]] = {}
-        self._last_attempt: dict[str, float] = {}
-
-    def find_key(self, url: str, kid: str) -> dict[str, Any] | None:
-        """The signing JWK ``kid`` of the set at ``url``, or None; raises JwksUnavailable."""
-        with self._lock_for(url):
-            now = self._clock()
-            cached = self._sets.get(url)
-            if cached is None or now - cached[0] >= self._ttl:
-                return self._refresh(url, now).get(kid)
-            keys = cached[1]
-            if kid in keys or now - self._last_attempt.get(url, cached[0]) < self._min_refetch:
-                return keys.get(kid)
-            log.info("JWKS refetch for an unknown kid (url=%s)", url)
-            return self._refresh(url, now).get(kid)
-
-    def _lock_for(self, url: str) -> threading.Lock:
-        with self._locks_guard:
-            return self._locks.setdefault(url, threading.Lock())
-
-    def _refresh(self, url: str, now: float) -> dict[str, dict[str, Any]]:
-        last = self._last_attempt.get(url)
-        if last is not None and now - last < self._min_refetch:
-            raise JwksUnavailable("JWKS fetched or failed too recently to fetch again")
-        self._last_attempt[url] = now
-        keys = _index_signing_keys(self._download(url))
-        self._sets[url] = (now, keys)
-        return keys
-
-    def _download(self, url: str) -> Any:
-        """GET the set with timeouts, no redirects and a size cap; a total deadline bounds
-        slow-drip answers, which per-read timeouts alone would not."""
-        deadline = time.monotonic() + sum(self._timeout)
-        body = bytearray()
-        try:
-            with requests.get(
-                url,
-                timeout=self._timeout,
-                stream=True,
-                allow_redirects=False,
-                headers={"Accept": "application/json"},
-            ) as resp:
-                if resp.status_code != 200:
-                    raise JwksUnavailable(f"JWKS answered HTTP {resp.status_code}")
-                for chunk in resp.iter_content(chunk_size=8192):
-                    body += chunk
-                    if len(body) > self._max_bytes:
-                        raise JwksUnavailable("JWKS larger than the size limit")
-                    if time.monotonic() > deadline:
-                        raise JwksUnavailable("JWKS download exceeded its deadline")
-        except requests.RequestException as exc:
-            raise JwksUnavailable(f"JWKS fetch failed: {type(exc).__name__}") from None
-        try:
-            return json.loads(body)
-        except (ValueError, RecursionError):
-            raise JwksUnavailable("JWKS is not JSON") from None
-
-
-def _index_signing_keys(doc: Any) -> dict[str, dict[str, Any]]:
-    """kid -> JWK for the keys usable to verify signatures (``use`` absent or ``sig``)."""
-    keys = doc.get("keys") if isinstance(doc, dict) else None
-    if not isinstance(keys, list):
-        raise JwksUnavailable("JWKS is not a JSON object with a 'keys' array")
-    indexed: dict[str, dict[str, Any]] = {}
-    for jwk in keys:
-        usable = isinstance(jwk, dict) and isinstance(jwk.get("kid"), str)
-        if usable and jwk.get("use", "sig") == "sig":
-            indexed.setdefault(jwk["kid"], jwk)  # kids must be unique; first one wins
-    return indexed
 
 
 class JtiCache:
@@ -235,15 +161,62 @@ class EhrAuthenticator:
         """The verified client, or Unauthorized; ``audience`` is the URL the EHR invoked."""
         iss: str | None = None
         try:
-            token = _bearer_token(authorization_header)
-            header, iss = self._trusted_header_and_iss(token)
-            payload = self._verify(token, header=header, iss=iss, audience=audience)
-            client = self._client(payload, iss=iss)
+            token, header, iss, kid = self._start(authorization_header)
+            jwk = self._key(lambda: self._jwks.find_key(self._policy.trusted_issuers[iss], kid))
+            client = self._finish(token, header=header, iss=iss, jwk=jwk, audience=audience)
         except _Refused as exc:
-            log.warning("EHR JWT refused: %s (iss=%s)", exc, iss)
-            raise Unauthorized("invalid EHR credentials") from None
+            raise self._refused(exc, iss) from None
         log.info("EHR JWT accepted (iss=%s)", iss)
         return client
+
+    async def authenticate_async(self, *, authorization_header: str | None, audience: str) -> VerifiedClient:
+        """``authenticate`` on the event loop: a JWKS fetch is awaited, holding no worker thread, so
+        tokens naming a slow issuer cannot starve the thread pool other calls need."""
+        iss: str | None = None
+        try:
+            token, header, iss, kid = self._start(authorization_header)
+            url = self._policy.trusted_issuers[iss]
+            try:
+                jwk = await self._jwks.find_key_async(url, kid)
+            except JwksUnavailable as exc:
+                raise _Refused("jwks-unavailable", f"JWKS unavailable: {exc}") from None
+            client = self._finish(token, header=header, iss=iss, jwk=jwk, audience=audience)
+        except _Refused as exc:
+            raise self._refused(exc, iss) from None
+        log.info("EHR JWT accepted (iss=%s)", iss)
+        return client
+
+    def _start(self, authorization_header: str | None) -> tuple[str, dict[str, Any], str, str]:
+        """(token, unverified header, trusted iss, kid): everything decided before any key is needed."""
+        token = _bearer_token(authorization_header)
+        header, iss = self._trusted_header_and_iss(token)
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise _Refused("kid", "header has no kid")
+        return token, header, iss, kid
+
+    @staticmethod
+    def _key(find: Callable[[], dict[str, Any] | None]) -> dict[str, Any] | None:
+        try:
+            return find()
+        except JwksUnavailable as exc:
+            raise _Refused("jwks-unavailable", f"JWKS unavailable: {exc}") from None
+
+    def _finish(
+        self, token: str, *, header: dict[str, Any], iss: str, jwk: dict[str, Any] | None, audience: str
+    ) -> VerifiedClient:
+        if jwk is None:
+            raise _Refused("kid", "kid not in the issuer's JWKS")
+        payload = self._verify(
+            token, header=header, iss=iss, key=_verification_key(jwk, header["alg"]), audience=audience
+        )
+        return self._client(payload, iss=iss)
+
+    @staticmethod
+    def _refused(exc: _Refused, iss: str | None) -> Unauthorized:
+        log.warning("EHR JWT refused: %s (iss=%s)", exc, iss)
+        metrics.jwt_rejected(exc.reason)
+        return Unauthorized("invalid EHR credentials")
 
     def _trusted_header_and_iss(self, token: str) -> tuple[dict[str, Any], str]:
         """Unverified header and iss, only to pick the key; refuse what we would never accept."""
@@ -251,78 +224,69 @@ class EhrAuthenticator:
             header = jwt.get_unverified_header(token)
             claims = jwt.decode(token, options={"verify_signature": False})
         except PyJWTError as exc:
-            raise _Refused(f"undecodable token ({type(exc).__name__})") from None
+            raise _Refused("malformed", f"undecodable token ({type(exc).__name__})") from None
         alg = header.get("alg")
         if alg not in self._policy.algorithms:
-            raise _Refused(f"alg {str(alg)[:20]!r} not allowed")
+            raise _Refused("algorithm", f"alg {str(alg)[:20]!r} not allowed")
         if header.get("typ", "JWT") != "JWT":
-            raise _Refused("typ is not JWT")
+            raise _Refused("malformed", "typ is not JWT")
         iss = claims.get("iss")
         if not isinstance(iss, str) or iss not in self._policy.trusted_issuers:
-            raise _Refused(f"untrusted iss {str(iss)[:100]!r}")
+            raise _Refused("issuer", f"untrusted iss {str(iss)[:100]!r}")
         jku = header.get("jku")
         if jku is not None and jku != self._policy.trusted_issuers[iss]:
-            raise _Refused("jku is not the JWKS URL configured for this iss")
+            raise _Refused("jku", "jku is not the JWKS URL configured for this iss")
         return header, iss
 
-    def _verify(self, token: str, *, header: dict[str, Any], iss: str, audience: str) -> dict[str, Any]:
+    def _verify(
+        self, token: str, *, header: dict[str, Any], iss: str, key: jwt.PyJWK, audience: str
+    ) -> dict[str, Any]:
         """Signature and standard claims, by the issuer's own key and our algorithm list."""
-        alg: str = header["alg"]
-        kid = header.get("kid")
-        if not isinstance(kid, str) or not kid:
-            raise _Refused("header has no kid")
-        try:
-            jwk = self._jwks.find_key(self._policy.trusted_issuers[iss], kid)
-        except JwksUnavailable as exc:
-            raise _Refused(f"JWKS unavailable: {exc}") from None
-        if jwk is None:
-            raise _Refused("kid not in the issuer's JWKS")
-        key = _verification_key(jwk, alg)
         try:
             return jwt.decode(
                 token,
                 key=key,
-                algorithms=[alg],
+                algorithms=[header["alg"]],
                 audience=audience,
                 issuer=iss,
                 leeway=self._policy.leeway_seconds,
                 options={"require": _REQUIRED_CLAIMS, "enforce_minimum_key_length": True},
             )
         except MissingRequiredClaimError as exc:
-            raise _Refused(f"missing claim {exc.claim}") from None
+            raise _Refused("claims", f"missing claim {exc.claim}") from None
         except PyJWTError as exc:
-            raise _Refused(f"verification failed ({type(exc).__name__})") from None
+            raise _Refused(_reason_of(exc), f"verification failed ({type(exc).__name__})") from None
 
     def _client(self, payload: dict[str, Any], *, iss: str) -> VerifiedClient:
         """Checks PyJWT does not make (lifetime, claim types), then the replay check, last,
         so that tokens refused for other reasons never occupy the jti cache."""
         iat, exp, jti = payload["iat"], payload["exp"], payload["jti"]
         if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (iat, exp)):
-            raise _Refused("iat/exp are not numbers")
+            raise _Refused("claims", "iat/exp are not numbers")
         policy = self._policy
         if exp <= iat or exp - iat > policy.max_lifetime_seconds + policy.leeway_seconds:
-            raise _Refused("exp is not within the allowed lifetime after iat")
+            raise _Refused("claims", "exp is not within the allowed lifetime after iat")
         if not isinstance(jti, str) or not 0 < len(jti) <= _MAX_JTI_CHARS:
-            raise _Refused("jti is not a non-empty short string")
+            raise _Refused("claims", "jti is not a non-empty short string")
         tenant = payload.get("tenant")
         if tenant is not None and not isinstance(tenant, str):
-            raise _Refused("tenant is not a string")
+            raise _Refused("claims", "tenant is not a string")
         forget_after = float(exp) + policy.leeway_seconds
         if not self._jtis.remember(iss=iss, jti=jti, forget_after=forget_after):
-            raise _Refused("jti replayed (or jti cache full)")
+            raise _Refused("replay", "jti replayed (or jti cache full)")
         return VerifiedClient(iss=iss, sub=payload.get("sub"), jti=jti, tenant=tenant, exp=int(exp))
 
 
 def _bearer_token(authorization_header: str | None) -> str:
     """The compact JWT from ``Bearer <jwt>``; the scheme name is case-insensitive (RFC 6750)."""
     if not authorization_header:
-        raise _Refused("no Authorization header")
+        raise _Refused("no-token", "no Authorization header")
     scheme, _, token = authorization_header.strip().partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer":
-        raise _Refused("Authorization scheme is not Bearer")
+        raise _Refused("malformed", "Authorization scheme is not Bearer")
     if len(token) > _MAX_TOKEN_CHARS or not _TOKEN_SHAPE.fullmatch(token):
-        raise _Refused("bearer token is not a compact JWS")
+        raise _Refused("malformed", "bearer token is not a compact JWS")
     return token
 
 
@@ -330,11 +294,11 @@ def _verification_key(jwk: dict[str, Any], alg: str) -> jwt.PyJWK:
     """A public key bound to ``alg``, refusing a JWK of another type, curve or declared alg."""
     kty, crv = _KEY_SHAPE[alg]
     if jwk.get("kty") != kty or (crv is not None and jwk.get("crv") != crv):
-        raise _Refused(f"JWK type/curve does not fit {alg}")
+        raise _Refused("algorithm", f"JWK type/curve does not fit {alg}")
     if jwk.get("alg", alg) != alg:
-        raise _Refused(f"JWK is declared for another alg than {alg}")
+        raise _Refused("algorithm", f"JWK is declared for another alg than {alg}")
     public = {k: v for k, v in jwk.items() if k not in _PRIVATE_JWK_MEMBERS}
     try:
         return jwt.PyJWK(public, algorithm=alg)
     except (PyJWTError, KeyError, TypeError, ValueError) as exc:
-        raise _Refused(f"unusable JWK ({type(exc).__name__})") from None
+        raise _Refused("algorithm", f"unusable JWK ({type(exc).__name__})") from None

@@ -11,7 +11,9 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from cds_service.fhir.ids import is_fhir_id
 
 
 class _Wire(BaseModel):
@@ -58,9 +60,17 @@ class FhirAuthorization(_Incoming):
 
 
 class PatientViewContext(_Incoming):
-    userId: str = Field(min_length=1)
+    userId: str = Field(min_length=1, max_length=256)
     patientId: str = Field(min_length=1, pattern=r"^[A-Za-z0-9\-.]{1,64}$")
     encounterId: str | None = None
+
+    @field_validator("patientId")
+    @classmethod
+    def _not_a_dot_segment(cls, value: str) -> str:
+        """'.' and '..' fit the id pattern but would turn ``Patient/{id}`` into a search of all."""
+        if not is_fhir_id(value):
+            raise ValueError("must be a FHIR id, not only dots")
+        return value
 
 
 class HookRequest(_Incoming):

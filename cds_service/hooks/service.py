@@ -1,8 +1,10 @@
 """The CDS Hooks edge: discovery, the patient-view service, and feedback.
 
-A hook call goes: authenticate the EHR (JWT) → parse the envelope (the prefetch is parsed once with
-orjson and never validated deeper than needed) → gather data (prefetch, else the FHIR server) →
-PatientRecord → engine → cards. Routes only delegate; errors map to statuses in ``app.py``.
+A hook call goes: authenticate the EHR (JWT, on the event loop, before the body is read) → parse
+the envelope (the prefetch is parsed once with orjson and never validated deeper than needed) →
+gather data (prefetch, else the FHIR server) → PatientRecord → engine → cards → the audit row,
+written before the answer leaves (fail closed, see ``ops.audit``). Routes only delegate; errors
+map to statuses in ``app.py``; metrics and the audit of failed calls are in ``ops.middleware``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from cds_service import gcpause
-from cds_service.cards import CardContext, render_cards
+from cds_service.cards import EXTENSION_KEY, CardContext, render_cards
 from cds_service.engine.evaluate import evaluate
 from cds_service.engine.loader import Catalog
 from cds_service.engine.time import today_in
@@ -33,13 +35,18 @@ from cds_service.hooks.models import (
     HookResponse,
     ServiceDefinition,
 )
-from cds_service.hooks.prefetch import gather
+from cds_service.hooks.prefetch import build_patient_record, gather
+from cds_service.ops import metrics
+from cds_service.ops.audit import AuditEntry, AuditLog, Pseudonyms
+from cds_service.ops.middleware import AUDIT_KEY, CLEANUP_KEY
 from cds_service.portfolio import Portfolio
-from cds_service.record import build_record
 from cds_service.settings import Settings
 from cds_service.store import FeedbackStore
 
 SERVICE_ID = "trial-eligibility"
+HOOK_PATH = f"/cds-services/{SERVICE_ID}"
+FEEDBACK_PATH = f"{HOOK_PATH}/feedback"
+UNSIGNED = "unsigned"
 COMPONENTS = "#/components/schemas/"
 
 
@@ -63,6 +70,8 @@ class HookDeps:
     templates: Mapping[str, str]
     authenticator: EhrAuthenticator | None
     store: FeedbackStore
+    audit: AuditLog
+    pseudonyms: Pseudonyms
     portfolio: Portfolio
 
 
@@ -93,18 +102,19 @@ def build_hooks_router(deps: HookDeps) -> APIRouter:
         return json_response(DiscoveryResponse(services=[definition]))
 
     @router.post(
-        f"/cds-services/{SERVICE_ID}",
+        HOOK_PATH,
         response_model=HookResponse,
         response_model_exclude_none=True,
         openapi_extra={"requestBody": {"required": True, **hook_body}},
         responses={400: {}, 401: {}, 412: {}, 413: {}},
     )
     async def patient_view(request: Request) -> Response:
+        entry = audit_entry(request, "hook")
+        entry.issuer = await _authenticate(request, deps, path=HOOK_PATH)  # before the body is read
         body = await request.body()
         base_url = _public_url(deps.settings, "", request=request)
 
         def work() -> HookResponse:
-            trusted = _authenticate(request, deps, path=f"/cds-services/{SERVICE_ID}")
             keep: list[Any] = []
             gcpause.pause()  # resumed after the response, once the record is freed
 
@@ -115,23 +125,33 @@ def build_hooks_router(deps: HookDeps) -> APIRouter:
             after_response(request, free)
             hook = _parse(HookRequest, body)
             keep.append(hook)
-            return run_hook(hook, deps=deps, trusted=trusted, base_url=base_url, keep=keep)
+            entry.hook_instance, entry.user_id = hook.hookInstance, hook.context.userId
+            entry.patient_pseudonym = deps.pseudonyms.of(hook.context.patientId)
+            trusted = entry.issuer != UNSIGNED
+            response = run_hook(hook, deps=deps, trusted=trusted, base_url=base_url, keep=keep, entry=entry)
+            deps.audit.write(entry, status=200, duration_s=time.perf_counter() - entry.started)  # fail closed
+            return response
 
         return json_response(await run_in_threadpool(work))
 
     @router.post(
-        f"/cds-services/{SERVICE_ID}/feedback",
+        FEEDBACK_PATH,
         openapi_extra={"requestBody": {"required": True, **feedback_body}},
         responses={400: {}, 401: {}, 413: {}},
     )
     async def feedback(request: Request) -> Response:
+        entry = audit_entry(request, "feedback")
+        entry.issuer = await _authenticate(request, deps, path=FEEDBACK_PATH)
         body = await request.body()
 
         def work() -> int:
-            _authenticate(request, deps, path=f"/cds-services/{SERVICE_ID}/feedback")
             parsed: FeedbackRequest = _parse(FeedbackRequest, body)
+            entry.feedback = [{"card": item.card, "outcome": item.outcome} for item in parsed.feedback]
             new = deps.store.record(service=SERVICE_ID, items=parsed.feedback)
+            for item in parsed.feedback:
+                metrics.FEEDBACK.labels(outcome=item.outcome).inc()
             log.info("feedback stored: %d item(s), %d new", len(parsed.feedback), new)
+            deps.audit.write(entry, status=200, duration_s=time.perf_counter() - entry.started)
             return len(parsed.feedback)
 
         received = await run_in_threadpool(work)
@@ -141,16 +161,21 @@ def build_hooks_router(deps: HookDeps) -> APIRouter:
 
 
 def run_hook(
-    hook: HookRequest, *, deps: HookDeps, trusted: bool, base_url: str, keep: list[Any] | None = None
+    hook: HookRequest,
+    *,
+    deps: HookDeps,
+    trusted: bool,
+    base_url: str,
+    keep: list[Any] | None = None,
+    entry: AuditEntry | None = None,
 ) -> HookResponse:
-    """Prefetch (or FHIR) → record → report → cards; ``keep`` receives what the caller frees later."""
+    """Prefetch (or FHIR) → record → report → cards; ``keep`` receives what the caller frees later,
+    ``entry`` what was evaluated and shown (for the audit)."""
     started = time.perf_counter()
-    parts = gather(hook, templates=deps.templates, settings=deps.settings, from_trusted_issuer=trusted)
-    record = build_record(parts)
+    gathered = gather(hook, templates=deps.templates, settings=deps.settings, from_trusted_issuer=trusted)
+    record = build_patient_record(gathered, patient_id=hook.context.patientId)
     if keep is not None:
         keep.append(record)
-    if record.patient.get("id") != hook.context.patientId:
-        raise InvalidInput("the prefetched Patient is not context.patientId")
     tz = deps.settings.tz()
     today = today_in(tz)
     report = evaluate(deps.catalog, record, as_of=today, tz=tz, trial_ids=deps.portfolio.for_clinicians())
@@ -163,6 +188,10 @@ def run_hook(
         today=today,
     )
     cards = render_cards(report.trials, context=context, show_not_eligible=deps.settings.show_not_eligible)
+    shown = _count_cards(cards, deps.catalog)
+    if entry is not None:
+        entry.trials_evaluated = [_trial_version(deps.catalog, t.trial) for t in report.trials]
+        entry.trials_shown = shown
     statuses = ",".join(f"{t.trial}={t.status}" for t in report.trials)
     log.info(
         "hook %s: %d card(s) [%s] in %.0f ms",
@@ -174,7 +203,31 @@ def run_hook(
     return HookResponse(cards=cards)
 
 
-CLEANUP_KEY = "cds_service.after_response"
+def _trial_version(catalog: Catalog, trial_id: str) -> dict[str, Any]:
+    """The trial and the version of its mapping (what the audit records as evaluated or shown)."""
+    trial = catalog.trials.get(trial_id)
+    return {"trial": trial_id, "version": trial.version if trial is not None else None}
+
+
+def _count_cards(cards: list[Any], catalog: Catalog) -> list[dict[str, Any]]:
+    """Each card's trial and status (from its extension, the public report), counted in metrics."""
+    shown = []
+    for card in cards:
+        report = (card.extension or {}).get(EXTENSION_KEY) or {}
+        trial, status = str(report.get("trial", "?")), str(report.get("status", "?"))
+        metrics.CARDS.labels(trial=trial, status=status).inc()
+        shown.append({**_trial_version(catalog, trial), "status": status})
+    return shown
+
+
+def audit_entry(request: Request, kind: str) -> AuditEntry:
+    """The call's audit entry (made by ops.middleware.HookObserver), or a loose one outside it."""
+    found = request.scope.get(AUDIT_KEY)
+    if isinstance(found, AuditEntry):
+        return found
+    entry = AuditEntry(kind=kind, started=time.perf_counter())
+    request.scope[AUDIT_KEY] = entry
+    return entry
 
 
 def after_response(request: Request, action: Callable[[], object]) -> None:
@@ -195,16 +248,20 @@ def _parse(model: type[Any], body: bytes) -> Any:
         raise InvalidInput(f"{where}: {first['msg']}") from None
 
 
-def _authenticate(request: Request, deps: HookDeps, *, path: str) -> bool:
-    """True when a trusted EHR signed the call; False for an accepted unsigned call (by setting)."""
+async def _authenticate(request: Request, deps: HookDeps, *, path: str) -> str:
+    """The verified JWT ``iss``, or UNSIGNED for a call accepted without a JWT (by setting).
+
+    Runs on the event loop before the body is read: a refused caller costs no body upload, and
+    waiting for a slow issuer's JWK Set holds no worker thread (see hooks.auth)."""
     header = request.headers.get("authorization")
     if deps.authenticator is None or (header is None and deps.settings.allow_unsigned):
         if deps.settings.allow_unsigned:
-            return False
+            return UNSIGNED
+        metrics.jwt_rejected("no-token")
         raise Unauthorized("no trusted issuers configured")
-    audience = _public_url(deps.settings, path, request=request)
-    deps.authenticator.authenticate(authorization_header=header, audience=audience)
-    return True
+    audience = _public_url(deps.settings, path)
+    client = await deps.authenticator.authenticate_async(authorization_header=header, audience=audience)
+    return client.iss
 
 
 def _public_url(settings: Settings, path: str, *, request: Request | None = None) -> str:

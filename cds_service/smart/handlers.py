@@ -12,6 +12,7 @@ from fastapi.responses import RedirectResponse, Response
 
 from cds_service.engine.loader import Catalog
 from cds_service.settings import Settings
+from cds_service.singleflight import TtlCache
 from cds_service.smart import errors, oauth
 from cds_service.smart.pages import json_response, render
 from cds_service.smart.record_loader import load_report
@@ -21,6 +22,8 @@ from cds_service.smart.view import banner_view, trial_views
 
 log = logging.getLogger(__name__)
 _MAX_PARAM = 4096
+DISCOVERY_TTL = 300.0
+DISCOVERY_FAILURE_TTL = 5.0
 
 
 class SmartApp:
@@ -35,6 +38,10 @@ class SmartApp:
     ) -> None:
         self.settings, self.catalog, self.sessions = settings, catalog, sessions
         self.today, self.frame_ancestors = today, frame_ancestors
+        # One discovery per EHR per TTL, shared by concurrent launches; a failure is kept briefly.
+        self.discovery: TtlCache[oauth.SmartConfiguration] = TtlCache(
+            ttl=DISCOVERY_TTL, failure_ttl=DISCOVERY_FAILURE_TTL
+        )
 
     # ---------------- launch and callback ----------------
 
@@ -48,7 +55,12 @@ class SmartApp:
         if base is None:
             log.info("SMART launch refused: iss not on the allowlist")
             raise errors.iss_not_allowed()
-        config = oauth.discover(base, self.settings)
+        try:
+            config = self.discovery.get(
+                base, lambda: oauth.discover(base, self.settings), wait=self.settings.fhir_total_timeout + 1
+            )
+        except TimeoutError:  # waited for another launch's discovery of this EHR, in vain
+            raise errors.discovery_failed() from None
         state, verifier = oauth.new_secret(), oauth.new_secret()
         redirect_uri = self._redirect_uri(request)
         pending = Pending(

@@ -13,13 +13,16 @@ import json
 import logging
 import re
 import secrets
+import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
 import requests
 
+from cds_service import net
 from cds_service.engine.loader import Catalog
+from cds_service.fhir.ids import is_fhir_id
 from cds_service.fhir.queries import prefetch_templates
 from cds_service.settings import Settings
 from cds_service.smart import errors
@@ -75,6 +78,11 @@ def _timeouts(settings: Settings) -> tuple[float, float]:
     return (settings.fhir_connect_timeout, settings.fhir_read_timeout)
 
 
+def _ends(settings: Settings) -> float:
+    """Discovery and the token exchange each end within ``fhir_total_timeout``, on the socket."""
+    return time.monotonic() + settings.fhir_total_timeout
+
+
 def resource_types(catalog: Catalog) -> list[str]:
     """Every type the app reads: the fixed list plus whatever the mappings' searches name."""
     found = list(BASE_RESOURCES)
@@ -99,12 +107,20 @@ def discover(iss: str, settings: Settings) -> SmartConfiguration:
     """Read ``{iss}/.well-known/smart-configuration``; refuse endpoints we could not trust."""
     url = f"{iss}/.well-known/smart-configuration"
     try:
-        with requests.get(
-            url, headers={"Accept": "application/json"}, timeout=_timeouts(settings), allow_redirects=False
-        ) as r:
-            r.raise_for_status()
-            doc = r.json()
-    except (requests.RequestException, ValueError) as exc:
+        with net.session() as s:
+            reply = net.fetch(
+                s,
+                "GET",
+                url,
+                ends=_ends(settings),
+                timeout=_timeouts(settings),
+                max_bytes=_MAX_BODY,
+                headers={"Accept": "application/json"},
+            )
+        if reply.status != 200:
+            raise ValueError(f"HTTP {reply.status}")
+        doc = json.loads(reply.body)
+    except (requests.RequestException, ValueError, RecursionError) as exc:
         log.warning("SMART discovery failed for %s: %s", iss, type(exc).__name__)
         raise errors.discovery_failed() from None
     if not isinstance(doc, dict):
@@ -176,15 +192,19 @@ def exchange_code(
         form["client_id"] = settings.smart_client_id
     headers = {"Accept": "application/json"}
     try:
-        with requests.post(
-            token_endpoint,
-            data=form,
-            auth=auth,
-            headers=headers,
-            timeout=_timeouts(settings),
-            allow_redirects=False,  # the code and verifier go to the discovered endpoint only
-        ) as r:
-            status, body = r.status_code, r.content[:_MAX_BODY]
+        with net.session() as s:  # no redirects: the code and verifier go to the discovered endpoint only
+            reply = net.fetch(
+                s,
+                "POST",
+                token_endpoint,
+                ends=_ends(settings),
+                timeout=_timeouts(settings),
+                max_bytes=_MAX_BODY,
+                data=form,
+                auth=auth,
+                headers=headers,
+            )
+        status, body = reply.status, reply.body
     except requests.RequestException as exc:
         log.warning("SMART token endpoint unreachable: %s", type(exc).__name__)
         raise errors.token_failed() from None
@@ -215,7 +235,7 @@ def _grant(body: bytes) -> TokenGrant:
     if not isinstance(token, str) or not token or str(token_type).lower() != "bearer":
         log.warning("SMART token response without a bearer access_token")
         raise errors.token_failed()
-    if not isinstance(patient, str) or not re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", patient):
+    if not isinstance(patient, str) or not is_fhir_id(patient):
         log.warning("SMART token response without a usable patient context")
         raise errors.patient_not_available()
     expires_in = data.get("expires_in")

@@ -14,8 +14,9 @@ from typing import Any
 from cds_service.engine.evaluate import evaluate
 from cds_service.engine.loader import Catalog
 from cds_service.engine.report import EligibilityReport
-from cds_service.errors import FhirError, FhirUnauthorized, InvalidInput
+from cds_service.errors import FhirError, FhirUnauthorized, InvalidInput, without_ids
 from cds_service.fhir.client import FhirClient
+from cds_service.fhir.ids import id_segment
 from cds_service.fhir.queries import fill, prefetch_templates
 from cds_service.record import build_record
 from cds_service.settings import Settings
@@ -31,24 +32,25 @@ def load_report(
     """(the Patient resource, the report for every trial); SmartError pages for each failure."""
     try:
         with FhirClient(base_url=launch.iss, token=launch.access_token, settings=settings) as client:
-            patient = _read_patient(client, launch.patient)
+            segment = id_segment(launch.patient, what="the launch's patient")
+            patient = _read_patient(client, segment)
             queries = {
-                key: fill(template, patient_id=launch.patient)
+                key: fill(template, patient_id=segment)
                 for key, template in prefetch_templates(catalog).items()
                 if key != "patient"
             }
             results = client.fetch_all(queries)
     except FhirUnauthorized as exc:
-        log.info("SMART: FHIR server refused the token: %s", exc)
+        log.info("SMART: FHIR server refused the token: %s", without_ids(str(exc)))
         raise errors.fhir_access_expired() from None
     except FhirError as exc:
-        log.warning("SMART: FHIR read failed: %s", exc)
+        log.warning("SMART: FHIR read failed: %s", without_ids(str(exc)))
         raise errors.fhir_unreachable() from None
     parts = [patient, *(r for r in results.values() if r is not None)]
     try:
         record = build_record(parts)
     except InvalidInput as exc:
-        log.warning("SMART: the EHR's data could not be used: %s", exc)
+        log.warning("SMART: the EHR's data could not be used: %s", without_ids(str(exc)))
         raise errors.unusable_data() from None
     return patient, evaluate(catalog, record, as_of=as_of)
 

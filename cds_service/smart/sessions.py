@@ -1,33 +1,104 @@
-"""Server-side sessions: the browser holds only a random id; tokens never leave this process.
+"""Server-side SMART sessions in the service's database, shared by every worker and replica.
 
-A browser session (cookie ``cds_smart_session``: random 256-bit id, HttpOnly, Secure, SameSite=None
-so it travels inside the EHR's frame) holds
+The browser holds only a random id (cookie ``cds_smart_session``: 256 bits, HttpOnly, Secure,
+SameSite=None, Partitioned, so it travels inside the EHR's frame). Three tables:
 
-- pending authorizations, keyed by their ``state``: verifier, iss and token endpoint, 10 minutes;
-- launches, keyed by a random context id carried in the page URL (``/smart/app?ctx=...``): iss,
-  patient, access token, banner flag and appContext, until the token (or the session TTL) expires.
+- ``smart_pending``: authorizations under way, keyed by their ``state`` and bound to the browser
+  id that started them: PKCE verifier, iss, token endpoint, redirect URI; 10 minutes.
+- ``smart_session``: signed-in browsers (a row only once a code exchange succeeded).
+- ``smart_launch``: each finished launch, keyed by a random context id the page URL carries
+  (``/smart/app?ctx=...``): iss, patient, access token, banner flag, appContext; until the token
+  (or the session) expires. Two tabs never mix patients: each page names its own launch, and a
+  context id is useless without the cookie of the browser that made it.
 
-Two launches in two tabs of one browser thus never mix patients: each page names its own launch,
-and a context id is useless without the cookie of the browser that made it. The id is rotated
-when a launch completes. Everything lives in one process's memory, bounded in size; a restart or a
-second worker means "session expired, relaunch" - run one worker, or put a shared store behind
-this interface.
+Why it looks like this:
+
+* Launch state lives apart from sessions. An unauthenticated launch only ever adds a pending row;
+  pending rows are capped per browser (``MAX_PER_SESSION``) and in total (``max_pending``, oldest
+  dropped first), so a flood of cookieless launches can push out other launches still under way but
+  never a signed-in session.
+* Ids, states and context ids are stored as SHA-256 hashes: a copy of the database holds no cookie
+  that works. The access token and the PKCE verifier are encrypted at rest (AES-256-GCM, a key
+  derived by HKDF from ``CDS_SESSION_KEY``, bound to their row); without that setting (development
+  only: production refuses to start) a random key of the process is used and sessions do not
+  survive a restart. ``cds-service serve --workers N`` gives its workers one generated key.
+* Times are wall-clock seconds (``time.time``), comparable between processes. Expired rows are
+  ignored at once and deleted by ``cleanup()`` (hourly, from the app's lifespan) and on launch.
+* The session id is rotated when a launch completes; its launches and pending tabs carry over.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import re
 import secrets
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Engine,
+    Float,
+    MetaData,
+    String,
+    Table,
+    Text,
+    delete,
+    func,
+    select,
+    update,
+)
+
+from cds_service.db import make_engine
+from cds_service.settings import Settings
+from cds_service.smart.sealing import Sealer
+
+log = logging.getLogger(__name__)
+
 COOKIE_NAME = "cds_smart_session"
 SESSION_TTL = 3600.0
 PENDING_TTL = 600.0
-MAX_SESSIONS = 10_000
+MAX_PENDING = 10_000
 MAX_PER_SESSION = 20
+_ID_SHAPE = re.compile(r"[A-Za-z0-9_-]{32,128}")
+
+_metadata = MetaData()
+pending_table = Table(
+    "smart_pending",
+    _metadata,
+    Column("state_hash", String(64), primary_key=True),
+    Column("browser_hash", String(64), nullable=False, index=True),
+    Column("iss", Text, nullable=False),
+    Column("verifier", Text, nullable=False),  # sealed
+    Column("token_endpoint", Text, nullable=False),
+    Column("redirect_uri", Text, nullable=False),
+    Column("created_at", Float, nullable=False, index=True),
+    Column("expires_at", Float, nullable=False, index=True),
+)
+session_table = Table(
+    "smart_session",
+    _metadata,
+    Column("session_hash", String(64), primary_key=True),
+    Column("expires_at", Float, nullable=False, index=True),
+)
+launch_table = Table(
+    "smart_launch",
+    _metadata,
+    Column("context_hash", String(64), primary_key=True),
+    Column("session_hash", String(64), nullable=False, index=True),
+    Column("iss", Text, nullable=False),
+    Column("patient", String(64), nullable=False),
+    Column("access_token", Text, nullable=False),  # sealed
+    Column("need_patient_banner", Boolean, nullable=False),
+    Column("app_context", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False, index=True),
+)
 
 
 @dataclass
@@ -49,104 +120,194 @@ class Launch:
     expires_at: float
 
 
-@dataclass
-class BrowserSession:
-    id: str = field(repr=False)
-    expires_at: float
-    pending: dict[str, Pending] = field(default_factory=dict, repr=False)
-    launches: dict[str, Launch] = field(default_factory=dict)
+def _hash(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
 
 
 class SessionStore:
-    """In-memory sessions with expiry; safe to share between the threads of one worker."""
+    """The session tables; one instance per process, sharing the database with the others."""
 
     def __init__(
         self,
         *,
+        engine: Engine | None = None,
+        secret: str | None = None,
         ttl: float = SESSION_TTL,
         pending_ttl: float = PENDING_TTL,
-        max_sessions: int = MAX_SESSIONS,
-        clock: Callable[[], float] = time.monotonic,
+        max_pending: int = MAX_PENDING,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        self.ttl, self.pending_ttl, self.max_sessions = ttl, pending_ttl, max_sessions
+        self.engine = engine if engine is not None else make_engine("sqlite://")
+        self.sealer = Sealer(secret)
+        self.ttl, self.pending_ttl, self.max_pending = ttl, pending_ttl, max_pending
         self.clock = clock
-        self._sessions: dict[str, BrowserSession] = {}
-        self._lock = threading.Lock()
+        _metadata.create_all(self.engine)
 
-    def _live(self, session_id: str | None) -> BrowserSession | None:
-        session = self._sessions.get(session_id) if session_id else None
-        if session is not None and session.expires_at <= self.clock():
-            del self._sessions[session.id]
-            return None
-        return session
-
-    def _purge(self) -> None:
-        now = self.clock()
-        for sid in [sid for sid, s in self._sessions.items() if s.expires_at <= now]:
-            del self._sessions[sid]
-        while len(self._sessions) >= self.max_sessions:  # drop the oldest first
-            del self._sessions[next(iter(self._sessions))]
-
-    def begin_authorization(self, session_id: str | None, pending: Pending, state: str) -> str:
-        """Record a pending authorization under ``state``; return the (maybe new) session id."""
-        with self._lock:
-            session = self._live(session_id)
-            if session is None:
-                self._purge()
-                session = BrowserSession(id=secrets.token_urlsafe(32), expires_at=0.0)
-                self._sessions[session.id] = session
-            session.expires_at = max(session.expires_at, self.clock() + self.pending_ttl)
-            _bounded_put(session.pending, state, pending)
-            return session.id
+    @classmethod
+    def for_settings(cls, engine: Engine, settings: Settings) -> SessionStore:
+        secret = settings.session_key.get_secret_value() if settings.session_key else None
+        return cls(engine=engine, secret=secret)
 
     def pending_expiry(self) -> float:
         return self.clock() + self.pending_ttl
 
+    def begin_authorization(self, session_id: str | None, pending: Pending, state: str) -> str:
+        """Record a pending authorization under ``state``; return the browser's (maybe new) id."""
+        now = self.clock()
+        state_hash = _hash(state)
+        with self.engine.begin() as conn:
+            conn.execute(delete(pending_table).where(pending_table.c.expires_at <= now))
+            known = session_id is not None and self._known(conn, session_id, now)
+            browser = session_id if known and session_id is not None else secrets.token_urlsafe(32)
+            browser_hash = _hash(browser)
+            _trim(conn, pending_table, pending_table.c.browser_hash == browser_hash, MAX_PER_SESSION - 1)
+            _trim(conn, pending_table, None, self.max_pending - 1)
+            conn.execute(
+                pending_table.insert().values(
+                    state_hash=state_hash,
+                    browser_hash=browser_hash,
+                    iss=pending.iss,
+                    verifier=self.sealer.seal(pending.verifier, row=state_hash),
+                    token_endpoint=pending.token_endpoint,
+                    redirect_uri=pending.redirect_uri,
+                    created_at=now,
+                    expires_at=pending.expires_at,
+                )
+            )
+        return browser
+
+    def _known(self, conn: Any, session_id: str, now: float) -> bool:
+        """A cookie we issued and still know (a live session, or a browser with launches pending)."""
+        if not _ID_SHAPE.fullmatch(session_id):
+            return False
+        hashed = _hash(session_id)
+        live = select(session_table.c.session_hash).where(
+            session_table.c.session_hash == hashed, session_table.c.expires_at > now
+        )
+        pending = select(pending_table.c.state_hash).where(pending_table.c.browser_hash == hashed).limit(1)
+        return conn.execute(live).first() is not None or conn.execute(pending).first() is not None
+
     def take_pending(self, session_id: str | None, state: str) -> Pending | None:
-        """Remove and return the pending authorization for ``state``, if it is this browser's and fresh."""
-        with self._lock:
-            session = self._live(session_id)
-            if session is None:
+        """Remove and return the pending authorization for ``state`` if it is this browser's and
+        fresh; exactly one of two concurrent callbacks with the same state gets it."""
+        if not session_id:
+            return None
+        state_hash = _hash(state)
+        match = (pending_table.c.state_hash == state_hash) & (
+            pending_table.c.browser_hash == _hash(session_id)
+        )
+        with self.engine.begin() as conn:
+            row = conn.execute(select(pending_table).where(match)).first()
+            if row is None or conn.execute(delete(pending_table).where(match)).rowcount != 1:
                 return None
-            pending = _pop_matching(session.pending, state)
-            if pending is None or pending.expires_at <= self.clock():
-                return None
-            return pending
+        if row.expires_at <= self.clock():
+            return None
+        verifier = self.sealer.open(row.verifier, row=state_hash)
+        if verifier is None:
+            log.warning("SMART pending authorization could not be decrypted (CDS_SESSION_KEY changed?)")
+            return None
+        return Pending(
+            iss=row.iss,
+            verifier=verifier,
+            token_endpoint=row.token_endpoint,
+            redirect_uri=row.redirect_uri,
+            expires_at=row.expires_at,
+        )
 
     def complete(self, session_id: str, launch: Launch) -> tuple[str, str]:
         """Store a finished launch, rotate the session id; return (new session id, context id)."""
-        with self._lock:
-            session = self._sessions.pop(session_id, None) or BrowserSession(id="", expires_at=0.0)
-            session.id = secrets.token_urlsafe(32)
-            launch.expires_at = min(launch.expires_at, self.clock() + self.ttl)
-            session.expires_at = max(session.expires_at, launch.expires_at)
-            context_id = secrets.token_urlsafe(16)
-            _bounded_put(session.launches, context_id, launch)
-            self._sessions[session.id] = session
-            return session.id, context_id
+        now = self.clock()
+        new_id, context_id = secrets.token_urlsafe(32), secrets.token_urlsafe(16)
+        old_hash, new_hash, context_hash = _hash(session_id), _hash(new_id), _hash(context_id)
+        launch.expires_at = min(launch.expires_at, now + self.ttl)
+        with self.engine.begin() as conn:
+            old = conn.execute(
+                select(session_table.c.expires_at).where(
+                    session_table.c.session_hash == old_hash, session_table.c.expires_at > now
+                )
+            ).scalar_one_or_none()
+            expires = max(old or 0.0, launch.expires_at)
+            conn.execute(session_table.insert().values(session_hash=new_hash, expires_at=expires))
+            if old is not None:
+                conn.execute(delete(session_table).where(session_table.c.session_hash == old_hash))
+            for table, column in ((launch_table, "session_hash"), (pending_table, "browser_hash")):
+                conn.execute(update(table).where(table.c[column] == old_hash).values({column: new_hash}))
+            _trim(conn, launch_table, launch_table.c.session_hash == new_hash, MAX_PER_SESSION - 1)
+            conn.execute(
+                launch_table.insert().values(
+                    context_hash=context_hash,
+                    session_hash=new_hash,
+                    iss=launch.iss,
+                    patient=launch.patient,
+                    access_token=self.sealer.seal(launch.access_token, row=context_hash),
+                    need_patient_banner=launch.need_patient_banner,
+                    app_context=json.dumps(launch.app_context),
+                    created_at=now,
+                    expires_at=launch.expires_at,
+                )
+            )
+        return new_id, context_id
 
     def launch(self, session_id: str | None, context_id: str | None) -> Launch | None:
-        with self._lock:
-            session = self._live(session_id)
-            if session is None or not context_id:
-                return None
-            launch = session.launches.get(context_id)
-            if launch is None or launch.expires_at <= self.clock():
-                session.launches.pop(context_id, None)
-                return None
-            return launch
+        """The launch ``context_id`` of this browser's live session, or None."""
+        if not session_id or not context_id:
+            return None
+        now, context_hash = self.clock(), _hash(context_id)
+        query = (
+            select(launch_table)
+            .join(session_table, session_table.c.session_hash == launch_table.c.session_hash)
+            .where(
+                launch_table.c.context_hash == context_hash,
+                launch_table.c.session_hash == _hash(session_id),
+                launch_table.c.expires_at > now,
+                session_table.c.expires_at > now,
+            )
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        token = self.sealer.open(row.access_token, row=context_hash)
+        if token is None:
+            log.warning("SMART session token could not be decrypted (CDS_SESSION_KEY changed?)")
+            return None
+        return Launch(
+            iss=row.iss,
+            patient=row.patient,
+            access_token=token,
+            need_patient_banner=row.need_patient_banner,
+            app_context=json.loads(row.app_context),
+            expires_at=row.expires_at,
+        )
+
+    def cleanup(self) -> int:
+        """Delete every expired row; returns how many."""
+        now = self.clock()
+        deleted = 0
+        with self.engine.begin() as conn:
+            for table in (pending_table, launch_table, session_table):
+                deleted += conn.execute(delete(table).where(table.c.expires_at <= now)).rowcount or 0
+        return deleted
+
+    def counts(self) -> dict[str, int]:
+        """Rows per table (for tests and the benchmark)."""
+        with self.engine.connect() as conn:
+            return {
+                t.name: int(conn.execute(select(func.count()).select_from(t)).scalar_one())
+                for t in (pending_table, session_table, launch_table)
+            }
 
 
-def _bounded_put(items: dict[str, Any], key: str, value: Any) -> None:
-    while len(items) >= MAX_PER_SESSION:
-        del items[next(iter(items))]
-    items[key] = value
-
-
-def _pop_matching(items: dict[str, Pending], state: str) -> Pending | None:
-    """Constant-time lookup of ``state`` among a session's few pending authorizations."""
-    found = None
-    for key in list(items):
-        if secrets.compare_digest(key.encode(), state.encode()):
-            found = items.pop(key)
-    return found
+def _trim(conn: Any, table: Table, where: Any, keep: int) -> None:
+    """Delete the oldest rows (by created_at, or expiry) of ``table`` matching ``where`` beyond ``keep``."""
+    count_query = select(func.count()).select_from(table)
+    if where is not None:
+        count_query = count_query.where(where)
+    excess = int(conn.execute(count_query).scalar_one()) - keep
+    if excess <= 0:
+        return
+    key = table.primary_key.columns.values()[0]
+    oldest = select(key).order_by(table.c.created_at).limit(excess)
+    if where is not None:
+        oldest = oldest.where(where)
+    conn.execute(delete(table).where(key.in_(oldest.scalar_subquery())))

@@ -14,6 +14,7 @@ from typing import Any
 
 from cds_service.engine.loader import Catalog
 from cds_service.engine.report import CriterionResult, EligibilityReport, TrialResult
+from cds_service.fhir.ids import is_fhir_id
 
 STATUS_LABELS = {
     "likely-eligible": "Likely eligible",
@@ -104,6 +105,11 @@ def _trial_view(result: TrialResult, *, catalog: Catalog, iss: str) -> TrialView
     )
 
 
+def _linkable(reference: str) -> bool:
+    """``Type/id`` with a real FHIR id: never a dot segment the browser would resolve."""
+    return _REFERENCE.match(reference) is not None and is_fhir_id(reference.split("/", 1)[1])
+
+
 def _criterion_view(result: CriterionResult, *, text: str, iss: str) -> CriterionView:
     rules_out = (result.kind == "inclusion" and result.result == "not-met") or (
         result.kind == "exclusion" and result.result == "met"
@@ -111,7 +117,7 @@ def _criterion_view(result: CriterionResult, *, text: str, iss: str) -> Criterio
     evidence = [
         EvidenceView(
             reference=e.reference,
-            href=f"{iss}/{e.reference}" if _REFERENCE.match(e.reference) else None,
+            href=f"{iss}/{e.reference}" if _linkable(e.reference) else None,
             value=e.value,
             date=None if e.date and e.value and e.date in e.value else e.date,
         )

@@ -71,17 +71,20 @@ class SmartHarness:
     sessions: SessionStore
     clock: FakeClock
     settings: Settings
+    app: FastAPI
 
 
-def make_harness(auth: SmartAuthServer, **changes: object) -> SmartHarness:
+def make_harness(
+    auth: SmartAuthServer, sessions: SessionStore | None = None, **changes: object
+) -> SmartHarness:
     clock = FakeClock()
-    sessions = SessionStore(clock=clock)
+    sessions = sessions or SessionStore(clock=clock)
     settings = smart_settings(auth, **changes)
     app = FastAPI()
     router = build_smart_router(settings=settings, catalog=packaged_catalog(), sessions=sessions)
     app.include_router(router, prefix="/smart")
     client = TestClient(app, base_url=TEST_ORIGIN, follow_redirects=False)
-    return SmartHarness(client, auth, sessions, clock, settings)
+    return SmartHarness(client, auth, sessions, clock, settings, app)
 
 
 @pytest.fixture

@@ -9,7 +9,9 @@ import re
 
 import pytest
 import requests
+from sqlalchemy import select, update
 
+from cds_service.smart.sessions import pending_table
 from tests.fhir_fixtures import FHIR_TEST_TOKEN
 from tests.smart.conftest import CLIENT_ID, REDIRECT_URI, SmartHarness, make_harness
 from tests.smart.flow import Flow, query
@@ -163,9 +165,13 @@ def test_pkce_verifier_mismatch_is_refused(smart: SmartHarness) -> None:
         iss=smart.auth.fhir_base, launch=smart.auth.create_launch(patient="smart-not-eligible")
     )
     callback_url = flow.authorize(started.headers["location"])
-    for session in smart.sessions._sessions.values():  # tamper with the stored verifier
-        for pending in session.pending.values():
-            pending.verifier = "x" * 43
+    store = smart.sessions
+    with store.engine.begin() as conn:  # tamper with the stored verifier (sealed, as the store does)
+        for (state_hash,) in conn.execute(select(pending_table.c.state_hash)).all():
+            sealed = store.sealer.seal("x" * 43, row=state_hash)
+            conn.execute(
+                update(pending_table).where(pending_table.c.state_hash == state_hash).values(verifier=sealed)
+            )
     page = flow.get(callback_url)
     assert page.status_code == 502 and "sign-in service failed" in page.text
     assert requests.post(

@@ -125,17 +125,18 @@ def test_session_ids_rotate_and_pending_state_is_single_use() -> None:
     )
     new_sid, ctx = store.complete(sid, launch)
     assert new_sid != sid and store.launch(sid, ctx) is None
-    assert store.launch(new_sid, ctx) is launch
+    assert store.launch(new_sid, ctx) == launch  # read back from the database, token decrypted
     assert store.take_pending(new_sid, "state-2") is not None  # other tabs' launches carry over
     now[0] = 61
     assert store.launch(new_sid, ctx) is None
     assert "tok" not in repr(launch)
 
 
-def test_sessions_are_bounded() -> None:
-    store = SessionStore(max_sessions=3)
+def test_pending_authorizations_are_bounded() -> None:
+    store = SessionStore(max_pending=3)
     ids = [store.begin_authorization(None, _pending(store), f"s{i}") for i in range(5)]
     assert store.take_pending(ids[0], "s0") is None and store.take_pending(ids[4], "s4") is not None
+    assert store.counts()["smart_pending"] == 2  # s2 and s3 (s4 was taken)
 
 
 def test_frame_ancestors_default_to_self_and_the_allowlisted_ehrs() -> None:

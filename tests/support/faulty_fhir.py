@@ -3,7 +3,7 @@
 A real server (sekmet-fhir) cannot be made to hang, send garbage or point its paging links at
 another host, so this one does exactly that on demand. Set ``mode`` before each request:
 
-- ``ok``          a one-entry searchset Bundle (or a Patient for ``/Patient/<id>``)
+- ``ok``          a one-entry searchset Bundle (``entries`` if set; a Patient for ``/Patient/<id>``)
 - ``hang``        read the request, never answer (until stop)
 - ``status:NNN``  answer HTTP NNN with an OperationOutcome
 - ``non-json``    200 with an HTML body
@@ -72,7 +72,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
         else:
-            self._send(200, _bundle(next_url=None))
+            self._send(200, _bundle(next_url=None, entries=owner.entries))
 
     def _send(self, status: int, body: bytes | dict[str, Any]) -> None:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -86,13 +86,14 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-def _bundle(*, next_url: str | None) -> dict[str, Any]:
+def _bundle(*, next_url: str | None, entries: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     links = [{"relation": "next", "url": next_url}] if next_url else []
+    default = [{"resource": {"resourceType": "Observation", "id": "o1"}, "search": {"mode": "match"}}]
     return {
         "resourceType": "Bundle",
         "type": "searchset",
         "link": links,
-        "entry": [{"resource": {"resourceType": "Observation", "id": "o1"}, "search": {"mode": "match"}}],
+        "entry": default if entries is None else entries,
     }
 
 
@@ -114,6 +115,7 @@ class FaultyFhirServer:
         self.mode = mode
         self.delay = delay
         self.big_bytes = big_bytes
+        self.entries: list[dict[str, Any]] | None = None  # the ``ok`` searchset's entries, if set
         self.seen: list[tuple[str, str | None]] = []
         self.stopping = threading.Event()
         self._httpd = _Server(self)

@@ -23,10 +23,12 @@ class JwksServer:
         self._lock = threading.Lock()
         self._bodies: dict[str, tuple[int, bytes]] = {}
         self._hanging: set[str] = set()
+        self._dripping: dict[str, float] = {}
         self._counts: Counter[str] = Counter()
         self._release = threading.Event()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._httpd.daemon_threads = True
+        self._httpd.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -65,6 +67,11 @@ class JwksServer:
         with self._lock:
             self._hanging.add(path)
 
+    def drip(self, path: str, interval: float = 1.0) -> None:
+        """Requests to ``path`` get their answer one byte per ``interval`` seconds (slow drip)."""
+        with self._lock:
+            self._dripping[path] = interval
+
     def request_count(self, path: str) -> int:
         """How many GETs ``path`` has received."""
         with self._lock:
@@ -76,6 +83,10 @@ class JwksServer:
             if path in self._hanging:
                 return None
             return self._bodies.get(path, (404, b"{}"))
+
+    def _drip_interval(self, path: str) -> float | None:
+        with self._lock:
+            return self._dripping.get(path)
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -91,7 +102,15 @@ class JwksServer:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                interval = server._drip_interval(self.path)
+                if interval is None:
+                    self.wfile.write(body)
+                    return
+                for i in range(len(body)):
+                    if server._release.wait(interval):
+                        return
+                    self.wfile.write(body[i : i + 1])
+                    self.wfile.flush()
 
             def log_message(self, format: str, *args: Any) -> None:
                 """Silence the per-request stderr line."""

@@ -103,6 +103,7 @@ class SmartAuthServer:
     launches: dict[str, LaunchContext] = field(default_factory=dict)
     authorize_requests: list[dict[str, str]] = field(default_factory=list)
     token_requests: list[dict[str, str]] = field(default_factory=list)
+    discovery_requests: int = 0
     _codes: dict[str, _Grant] = field(default_factory=dict, repr=False)
     _thread: ServerThread | None = field(default=None, repr=False)
 
@@ -166,6 +167,7 @@ class SmartAuthServer:
         return HTMLResponse(ehr_frame_page(src))
 
     def _configuration(self) -> dict[str, Any]:
+        self.discovery_requests += 1
         return {
             "issuer": self.root_url,
             "authorization_endpoint": f"{self.root_url}/authorize",

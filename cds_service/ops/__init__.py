@@ -1,0 +1,1 @@
+"""Operations: metrics, health, logs, audit, request context (see deployment/README.md)."""
