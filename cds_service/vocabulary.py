@@ -38,11 +38,4 @@ def group_of(result: CriterionResult) -> Group:
 
 def label_of(criterion: Criterion, limit: int = 60) -> str:
     """The criterion's short label, or its protocol wording cut at the first clause."""
-    if criterion.label:
-        return criterion.label
-    text = " ".join(criterion.text.split())
-    for stop in (". ", "; ", ": ", " (", ", "):
-        head = text.split(stop, 1)[0]
-        if 12 <= len(head) <= limit:
-            return head.rstrip(".")
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+    return criterion.short_label(limit)

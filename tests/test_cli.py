@@ -32,7 +32,7 @@ def test_json_report_has_exactly_the_contract_fields(capsys: pytest.CaptureFixtu
     trial = report["trials"][0]
     assert set(trial) == {"trial", "title", "version", "effective", "status", "criteria"}
     for criterion in trial["criteria"]:
-        assert set(criterion) == {"id", "kind", "result", "manual", "reason", "evidence"}
+        assert set(criterion) == {"id", "label", "kind", "result", "manual", "reason", "evidence"}
         for item in criterion["evidence"]:
             assert set(item) <= {"reference", "value", "date"} and None not in item.values()
 

@@ -129,6 +129,7 @@ def _evaluate_criterion(criterion: Criterion, ctx: Context) -> CriterionResult:
     reason = f"{outcome.reason}; {criterion.note}" if criterion.note else outcome.reason
     return CriterionResult(
         id=criterion.id,
+        label=criterion.short_label(),
         kind=criterion.kind,
         result=outcome.result,
         manual=criterion.manual,
@@ -162,7 +163,7 @@ def _evaluate_rule(rule: RuleModel, ctx: Context) -> Outcome:
     if isinstance(rule, NotRule):
         inner = evaluate_rule(rule.not_, ctx)
         flipped: ResultValue = {"met": "not-met", "not-met": "met", "unknown": "unknown"}[inner.result]  # type: ignore[assignment]
-        return Outcome(flipped, f"not ({inner.reason})", inner.evidence)
+        return Outcome(flipped, inner.reason, inner.evidence)  # the reason says what the record holds
     if isinstance(rule, AtLeastRule):
         return at_least(rule.n, [evaluate_rule(child, ctx) for child in rule.of])
     finding = EVALUATORS[rule.kind](rule, ctx)

@@ -58,6 +58,18 @@ class Catalog:
     def key(self, rule: RuleModel) -> str:
         return self.rule_keys[id(rule)]
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Rule keys are by object identity, which pickling (a Spark broadcast) does not keep:
+        they are recomputed on the other side."""
+        state = dict(self.__dict__)
+        state.pop("rule_keys", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "rule_keys", _rule_keys(self.trials))
+
     def trial(self, trial_id: str) -> Trial:
         try:
             return self.trials[trial_id]

@@ -28,6 +28,7 @@ class Evidence(_Frozen):
 
 class CriterionResult(_Frozen):
     id: str
+    label: str | None = Field(default=None, description="a clinician's short name for the criterion")
     kind: Literal["inclusion", "exclusion"]
     result: ResultValue
     manual: bool

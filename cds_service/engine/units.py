@@ -9,6 +9,7 @@ analyte's molar mass (creatinine: 113.12 g/mol, so 1 mg/dL = 88.4 µmol/L).
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -86,6 +87,9 @@ _ANNOTATION = re.compile(r"\{[^{}]*\}")
 _MOLAR_RATIO = re.compile(r"[munpf]?mol/[munpf]?mol")
 
 
+_PARSER_LOCK = threading.RLock()
+
+
 @lru_cache(maxsize=4096)
 def parse_unit(unit: str) -> Any:
     """A pint quantity of 1 of ``unit``; raises UnitError when UCUM cannot parse it."""
@@ -93,7 +97,8 @@ def parse_unit(unit: str) -> Any:
     if ucum == "":
         ucum = "1"
     try:
-        parsed = _registry().from_ucum(ucum)
+        with _PARSER_LOCK:  # the UCUM parser is not thread-safe: a cache miss parses alone
+            parsed = _registry().from_ucum(ucum)
     except Exception as exc:  # ucumvert raises lark and pint errors alike
         raise UnitError(f"unit {unit!r} is not valid UCUM") from exc
     if not hasattr(parsed, "to"):  # a bare annotation such as {titer} parses to a token
@@ -137,7 +142,8 @@ def factor(from_unit: str, to_unit: str, molar_mass: str | None = None) -> float
     except UnitError:
         return None
     try:
-        return float((source).to(target.units).magnitude / target.magnitude)
+        with _PARSER_LOCK:
+            return float((source).to(target.units).magnitude / target.magnitude)
     except Exception:  # pint's DimensionalityError and friends: try the molar bridge
         pass
     if molar_mass is None:

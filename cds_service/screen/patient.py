@@ -144,6 +144,7 @@ def _reason(criterion: dict[str, Any]) -> dict[str, Any]:
     dates = sorted({e["date"] for e in _evidence(criterion) if isinstance(e.get("date"), str)}, reverse=True)
     return {
         "id": str(criterion.get("id", "")),
+        "label": str(criterion.get("label") or criterion.get("id", "")),
         "reason": str(criterion.get("reason", "")),
         "manual": bool(criterion.get("manual")),
         "dates": dates[:MAX_EVIDENCE_DATES],

@@ -125,7 +125,8 @@ def _reasons(items: Sequence[Mapping[str, Any]]) -> str:
         text = str(item.get("reason", ""))
         dates = "".join(f" <time>{escape(d)}</time>" for d in item.get("dates", ()) if d not in text)
         reason = escape(text)
-        out.append(f"<li><b>{escape(str(item.get('id', '')))}</b>{manual}: {reason}{dates}</li>")
+        name = str(item.get("label") or item.get("id", ""))
+        out.append(f"<li><b>{escape(name)}</b>{manual}: {reason}{dates}</li>")
     return "<ul>" + "".join(out) + "</ul>"
 
 

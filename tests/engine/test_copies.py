@@ -61,3 +61,34 @@ def test_equal_rules_across_trials_share_one_canonical_key() -> None:
     for trial_id, keys in keys_by_trial.items():
         if trial_id.startswith("COPY-"):
             assert keys == keys_by_trial[trial_id.removeprefix("COPY-")]
+
+
+def test_a_pickled_catalog_evaluates_the_same() -> None:
+    """A catalog sent to Spark workers (pickled) keeps its shared-rule keys and its results."""
+    import pickle
+
+    original = load_catalog()
+    copy = pickle.loads(pickle.dumps(original))
+    assert len(copy.rule_keys) == len(original.rule_keys)
+    for loaded in _cases():
+        as_of = date.fromisoformat(loaded.case.as_of)
+        mine = evaluate(original, build_record(loaded.case.parts()), as_of=as_of).to_json_dict()
+        theirs = evaluate(copy, build_record(loaded.case.parts()), as_of=as_of).to_json_dict()
+        assert mine == theirs, loaded.label
+
+
+def test_units_parse_in_threads_at_once() -> None:
+    """The UCUM parser is not thread-safe on first use (seen: "unit 'mg' is not valid UCUM" when
+    app instances load mappings in threads at once): first parses from many threads all succeed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cds_service.engine import units
+
+    wanted = ["mg", "mg/dL", "umol/L", "g/L", "10*9/L", "mL/min", "kg", "m"] * 3
+    for _ in range(20):
+        units.parse_unit.cache_clear()
+        units.factor.cache_clear()
+        units._registry.cache_clear()
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            parsed = list(pool.map(units.parse_unit, wanted))
+        assert len(parsed) == len(wanted)

@@ -120,7 +120,7 @@ def test_summary_counts_resources_and_skips(screened: tuple[Path, dict[str, Any]
     assert summary["resources"]["by_type"]["Patient"] == summary["patients"]
     assert summary["resources"]["by_type"].get("Medication", 0) > 0  # the shared formulary was joined
     not_needed = {e["resourceType"] for e in summary["skipped"] if e["reason"].startswith("resource type no")}
-    assert {"Claim", "Encounter", "ExplanationOfBenefit"} <= not_needed
+    assert {"Claim", "ExplanationOfBenefit"} <= not_needed
     for entry in summary["skipped"]:
         assert entry["count"] >= len(entry["examples"]) > 0
         assert all(e["line"] >= 1 and Path(e["file"]).name.endswith(".ndjson") for e in entry["examples"])

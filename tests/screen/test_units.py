@@ -40,7 +40,7 @@ def test_needs_follow_the_prefetch_queries() -> None:
     catalog = packaged_catalog()
     types = needed_types(catalog)
     assert {"Patient", "Condition", "Observation", "MedicationRequest", "Medication"} <= types
-    assert "Claim" not in types and "Encounter" not in types
+    assert "Claim" not in types and "ExplanationOfBenefit" not in types
     for item in type_filters(catalog):
         rtype, _, query = item.partition("?")
         assert rtype in types and "," not in query and "patient=" not in query  # commas escaped

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from cds_service.screen.worklist import write_worklist
+from tests.screen.conftest import screen
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -83,8 +84,31 @@ def _column(page: Any, index: int) -> list[str]:
     return values
 
 
-def test_filter_and_sort_in_chromium(browser: Any, screened: tuple[Path, dict[str, Any]]) -> None:
-    out, _ = screened
+@pytest.fixture(scope="module")
+def one_trial(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A larger population (only the types the trials read) screened for one trial alone — the one
+    with the most candidates of both kinds: a single worklist table to sort and filter."""
+    from benchmarks.make_population import generate
+    from tests.conftest import packaged_catalog
+
+    source = tmp_path_factory.mktemp("worklist-population") / "export"
+    generate(160, source, seed=5, only_needed=True, catalog=packaged_catalog())
+    everything = tmp_path_factory.mktemp("worklist-all")
+    screen(source, everything, workers=1)
+    with open(everything / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    by_trial: dict[str, list[str]] = {}
+    for row in rows:
+        if row["status"] in ("likely-eligible", "needs-review"):
+            by_trial.setdefault(row["trial"], []).append(row["status"])
+    trial = max(by_trial, key=lambda t: (len(set(by_trial[t])), len(by_trial[t])))
+    out = tmp_path_factory.mktemp("one-trial")
+    screen(source, out, workers=1, trial_ids=(trial,))
+    return out
+
+
+def test_filter_and_sort_in_chromium(browser: Any, one_trial: Path) -> None:
+    out = one_trial
     with open(out / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     candidates = [r for r in rows if r["status"] in ("likely-eligible", "needs-review")]

@@ -42,6 +42,17 @@ class Criterion(Strict):
             raise ValueError("hint is for manual criteria (a rule decides the others)")
         return self
 
+    def short_label(self, limit: int = 60) -> str:
+        """Its ``label``, or the protocol wording cut at its first clause (cards, worklists)."""
+        if self.label:
+            return self.label
+        text = " ".join(self.text.split())
+        for stop in (". ", "; ", ": ", " (", ", "):
+            head = text.split(stop, 1)[0]
+            if 12 <= len(head) <= limit:
+                return head.rstrip(".")
+        return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
     def rules(self) -> list[RuleModel]:
         found = list(walk(self.rule)) if self.rule is not None else []
         return found + (list(walk(self.hint)) if self.hint is not None else [])
