@@ -41,6 +41,7 @@ from cds_service.errors import (
     without_ids,
 )
 from cds_service.fhir.queries import prefetch_templates
+from cds_service.followup import FollowUp
 from cds_service.hooks.auth import EhrAuthenticator, JwksCache, JwtPolicy
 from cds_service.hooks.service import FEEDBACK_PATH, HOOK_PATH, HookDeps, build_hooks_router, request_schemas
 from cds_service.ops.audit import AuditLog, Pseudonyms
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         authenticator = EhrAuthenticator(policy, jwks=jwks)
     audit = AuditLog(engine, retention_days=settings.audit_retention_days)
     secret = settings.pseudonym_key.get_secret_value() if settings.pseudonym_key else None
+    portfolio = load_portfolio(settings.portfolio, catalog)
     deps = HookDeps(
         settings=settings,
         catalog=catalog,
@@ -88,7 +90,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store=FeedbackStore(engine),
         audit=audit,
         pseudonyms=Pseudonyms.from_secret(secret),
-        portfolio=load_portfolio(settings.portfolio, catalog),
+        portfolio=portfolio,
+        followup=FollowUp(engine, snooze_days=portfolio.snooze_days),
     )
     sessions = SessionStore.for_settings(engine, settings)
     probe = DatabaseProbe(engine)

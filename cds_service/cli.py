@@ -82,6 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_serve)
     _add_audit_export(commands)
 
+    from cds_service.feedback_report import add_feedback_report
+
+    add_feedback_report(commands)
+
     from cds_service.screen.cli import add_screen_command  # the population screen, its own package
 
     add_screen_command(commands)

@@ -52,7 +52,7 @@ def evaluate(
 ) -> EligibilityReport:
     """The eligibility report for every trial (or the named ones) on ``as_of`` (the site's date)."""
     ctx = Context(record=record, catalog=catalog, as_of=as_of, tz=tz)
-    chosen = [catalog.trial(t) for t in trial_ids] if trial_ids else list(catalog.trials.values())
+    chosen = list(catalog.trials.values()) if trial_ids is None else [catalog.trial(t) for t in trial_ids]
     try:
         trials = [evaluate_trial(trial, ctx) for trial in chosen]
     except (TypeError, AttributeError, ValueError, KeyError):

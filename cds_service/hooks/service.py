@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -22,14 +23,16 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from cds_service import gcpause
-from cds_service.cards import EXTENSION_KEY, CardContext, render_cards
+from cds_service.cards import EXTENSION_KEY, OVERRIDE_SYSTEM, CardContext, render_cards
 from cds_service.engine.evaluate import evaluate
 from cds_service.engine.loader import Catalog
 from cds_service.engine.time import today_in
 from cds_service.errors import InvalidInput, Unauthorized
+from cds_service.followup import FollowUp, Outcome, Shown
 from cds_service.hooks.auth import EhrAuthenticator
 from cds_service.hooks.models import (
     DiscoveryResponse,
+    FeedbackItem,
     FeedbackRequest,
     HookRequest,
     HookResponse,
@@ -73,6 +76,7 @@ class HookDeps:
     audit: AuditLog
     pseudonyms: Pseudonyms
     portfolio: Portfolio
+    followup: FollowUp
 
 
 def service_definition(catalog: Catalog, templates: Mapping[str, str]) -> ServiceDefinition:
@@ -150,7 +154,8 @@ def build_hooks_router(deps: HookDeps) -> APIRouter:
             new = deps.store.record(service=SERVICE_ID, items=parsed.feedback)
             for item in parsed.feedback:
                 metrics.FEEDBACK.labels(outcome=item.outcome).inc()
-            log.info("feedback stored: %d item(s), %d new", len(parsed.feedback), new)
+            snoozed = deps.followup.apply(outcomes(parsed.feedback))
+            log.info("feedback stored: %d item(s), %d new, %d snooze(s)", len(parsed.feedback), new, snoozed)
             deps.audit.write(entry, status=200, duration_s=time.perf_counter() - entry.started)
             return len(parsed.feedback)
 
@@ -178,7 +183,11 @@ def run_hook(
         keep.append(record)
     tz = deps.settings.tz()
     today = today_in(tz)
-    report = evaluate(deps.catalog, record, as_of=today, tz=tz, trial_ids=deps.portfolio.for_clinicians())
+    now = datetime.now(UTC)
+    patient_key = deps.pseudonyms.of(hook.context.patientId)
+    hidden = deps.followup.hidden_trials(patient_key, now)  # dismissed by a clinician, for a while
+    offered = [t for t in deps.portfolio.for_clinicians() if t not in hidden]
+    report = evaluate(deps.catalog, record, as_of=today, tz=tz, trial_ids=offered)
     context = CardContext(
         trials=dict(deps.catalog.trials),
         portfolio=deps.portfolio,
@@ -189,6 +198,11 @@ def run_hook(
     )
     cards = render_cards(report.trials, context=context, show_not_eligible=deps.settings.show_not_eligible)
     shown = _count_cards(cards, deps.catalog)
+    deps.followup.record_shown(
+        patient_key,
+        [Shown(str(c.uuid), s["trial"], s["status"]) for c, s in zip(cards, shown, strict=True)],
+        now,
+    )
     if entry is not None:
         entry.trials_evaluated = [_trial_version(deps.catalog, t.trial) for t in report.trials]
         entry.trials_shown = shown
@@ -201,6 +215,17 @@ def run_hook(
         (time.perf_counter() - started) * 1000,
     )
     return HookResponse(cards=cards)
+
+
+def outcomes(items: list[FeedbackItem]) -> list[Outcome]:
+    """Feedback as follow-up reads it: the override reason's code (this service's reasons only)."""
+    found = []
+    for item in items:
+        reason = item.overrideReason.reason if item.overrideReason else None
+        code = reason.code if reason is not None and reason.system in (OVERRIDE_SYSTEM, None) else None
+        at = datetime.fromisoformat(item.outcomeTimestamp.replace("Z", "+00:00"))
+        found.append(Outcome(card=item.card, outcome=item.outcome, reason=code, at=at))
+    return found
 
 
 def _trial_version(catalog: Catalog, trial_id: str) -> dict[str, Any]:
