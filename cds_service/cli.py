@@ -13,17 +13,19 @@ import sys
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import orjson
 
 from cds_service.engine.evaluate import evaluate
 from cds_service.engine.loader import Catalog, load_catalog
 from cds_service.engine.report import EligibilityReport
-from cds_service.engine.time import parse_as_of
+from cds_service.engine.time import parse_as_of, today_in
 from cds_service.engine.vectors import load_vectors, run_case
 from cds_service.errors import CdsServiceError, InvalidInput
 from cds_service.gcpause import paused
 from cds_service.record import PatientRecord, build_record, parse_json, validate_resource
+from cds_service.settings import Settings
 
 _MARKS = {"met": "✔ met", "not-met": "✘ not-met", "unknown": "? unknown"}
 
@@ -106,7 +108,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         if not args.fast:
             for resource in record.all_resources():
                 validate_resource(resource)
-        report = evaluate(catalog, record, as_of=as_of, trial_ids=args.trial)
+        report = evaluate(catalog, record, as_of=as_of, trial_ids=args.trial, tz=_site_zone())
     except CdsServiceError as exc:
         raise type(exc)(f"{path}: {exc}") from None
     if args.json:
@@ -116,9 +118,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _site_zone() -> ZoneInfo:
+    """CDS_SITE_TIMEZONE: the calendar every face evaluates on (default UTC)."""
+    return Settings().tz()
+
+
 def _as_of(value: str | None) -> date:
     if not value:
-        return date.today()
+        return today_in(_site_zone())
     try:
         return parse_as_of(value)
     except ValueError as exc:

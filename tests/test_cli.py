@@ -209,3 +209,49 @@ def test_demo_patients_have_the_status_their_name_says(capsys: pytest.CaptureFix
     for name, status in (("sle-likely-eligible", "LIKELY-ELIGIBLE"), ("sle-needs-review", "NEEDS-REVIEW")):
         code, out, _ = _run(capsys, "evaluate", str(DATA / "demo" / f"{name}.json"), "--as-of", "2026-06-01")
         assert code == 0 and f"NCT06888960  {status}" in out
+
+
+def test_evaluate_places_instants_on_the_site_calendar(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A positive hCG at 02:30 UTC on 4 May is 3 May in New York: inside the 4-week window (from 4
+    May on 2026-06-01) for a UTC site, outside it for a New York site (CDS_SITE_TIMEZONE)."""
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [
+            {
+                "resource": {
+                    "resourceType": "Patient",
+                    "id": "p1",
+                    "gender": "female",
+                    "birthDate": "1980-01-01",
+                }
+            },
+            {
+                "resource": {
+                    "resourceType": "Observation",
+                    "id": "h1",
+                    "status": "final",
+                    "subject": {"reference": "Patient/p1"},
+                    "code": {"coding": [{"system": "http://loinc.org", "code": "2106-3"}]},
+                    "effectiveDateTime": "2026-05-04T02:30:00+00:00",
+                    "valueString": "Positive",
+                }
+            },
+        ],
+    }
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(bundle))
+
+    def result(zone: str) -> str:
+        monkeypatch.setenv("CDS_SITE_TIMEZONE", zone)
+        code, out, _ = _run(
+            capsys, "evaluate", str(path), "--as-of", "2026-06-01", "--json", "--trial", "NCT06888960"
+        )
+        assert code == 0
+        (trial,) = json.loads(out)["trials"]
+        return str(next(c["result"] for c in trial["criteria"] if c["id"] == "pregnancy-breastfeeding"))
+
+    assert result("UTC") == "met"
+    assert result("America/New_York") == "not-met"

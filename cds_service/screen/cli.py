@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from datetime import date
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
-from cds_service.engine.time import parse_as_of
+from cds_service.engine.time import parse_as_of, today_in
 from cds_service.errors import InvalidInput
+from cds_service.settings import Settings
 
 from .patient import INTERNAL
 
@@ -73,7 +74,8 @@ def run_command(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise InvalidInput("--workers must be at least 1")
     try:
-        as_of = parse_as_of(args.as_of) if args.as_of else date.today()
+        zone = Settings().site_timezone
+        as_of = parse_as_of(args.as_of) if args.as_of else today_in(ZoneInfo(zone))
     except ValueError as exc:
         raise InvalidInput(f"--as-of: {exc}") from None
     source: Path = args.source
@@ -88,6 +90,7 @@ def run_command(args: argparse.Namespace) -> int:
                 source=source,
                 out=args.out,
                 as_of=as_of,
+                zone=zone,
                 trial_ids=tuple(args.trial) if args.trial else None,
                 engine=args.engine,
                 workers=args.workers,

@@ -46,7 +46,7 @@ def _join(plan: Plan, shard: int) -> Tally:
 def evaluate_groups(catalog: Catalog, plan: Plan, groups: Iterable[tuple[str, Any]]) -> Iterator[Outcome]:
     """Each patient group of a shard, evaluated (both engines run this on their workers)."""
     for pid, lines in groups:
-        yield screen_patient(catalog, pid, lines, as_of=plan.as_of, trial_ids=plan.trial_ids)
+        yield screen_patient(catalog, pid, lines, as_of=plan.as_of, trial_ids=plan.trial_ids, zone=plan.zone)
 
 
 def write_shard(

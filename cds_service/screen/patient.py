@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 
@@ -50,6 +51,7 @@ def screen_patient(
     *,
     as_of: date,
     trial_ids: Sequence[str] | None,
+    zone: str = "UTC",
 ) -> Outcome:
     """Evaluate one patient from their export lines, given in export order."""
     with paused():
@@ -58,7 +60,7 @@ def screen_patient(
         try:
             record = build_record([bundle])
             report: dict[str, Any] = evaluate(
-                catalog, record, as_of=as_of, trial_ids=trial_ids
+                catalog, record, as_of=as_of, trial_ids=trial_ids, tz=ZoneInfo(zone)
             ).to_json_dict()
         except InvalidInput as exc:
             return Outcome(patient, error=str(exc), error_origin=_blame(str(exc), resources, lines))

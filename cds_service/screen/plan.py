@@ -30,6 +30,7 @@ class Plan:
     as_of: date
     trial_ids: tuple[str, ...] | None
     parquet: bool
+    zone: str = "UTC"  # the site's time zone: observation instants are placed on its calendar
 
 
 def make_plan(
@@ -43,6 +44,7 @@ def make_plan(
     parquet: bool,
     workers: int,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
+    zone: str = "UTC",
 ) -> Plan:
     """Chunks sized so each worker gets several; shards sized so one fits in a worker's memory."""
     total = sum(f.estimated_bytes for f in files)
@@ -58,6 +60,7 @@ def make_plan(
         mappings=mappings,
         as_of=as_of,
         trial_ids=trial_ids,
+        zone=zone,
         parquet=parquet,
     )
 

@@ -37,6 +37,7 @@ class ScreenOptions:
     out: Path
     as_of: date
     trial_ids: tuple[str, ...] | None = None
+    zone: str = "UTC"  # CDS_SITE_TIMEZONE: the same calendar as the hook and the app
     engine: str = "local"
     workers: int = 1
     mappings: Path | None = None
@@ -73,6 +74,7 @@ def run_screen(options: ScreenOptions) -> dict[str, Any]:
         mappings=catalog.root,
         as_of=options.as_of,
         trial_ids=options.trial_ids,
+        zone=options.zone,
         parquet=parquet,
         workers=options.workers,
         shard_bytes=options.shard_bytes,
