@@ -116,3 +116,15 @@ def test_include_cycle(mappings: Path) -> None:
 def test_manual_criterion_needs_no_rule_but_others_do(mappings: Path) -> None:
     _edit(mappings / "trials" / "TEST-ALL.yaml", "    manual: true\n  - id: cancer", "  - id: cancer")
     assert "criteria[4] (consent)" in _refusal(mappings)
+
+
+def test_a_reload_sees_an_edited_file_and_an_unchanged_tree_is_loaded_once(mappings: Path) -> None:
+    first = load_catalog(mappings)
+    assert load_catalog(mappings) is first  # the same files: the catalog already built
+    _edit(mappings / "trials" / "TEST-ALL.yaml", "short_title: Every construct", "short_title: Edited")
+    edited = load_catalog(mappings)
+    assert edited is not first and edited.trials["TEST-ALL"].short_title == "Edited"
+    (mappings / "valuesets" / "extra.yaml").write_text(
+        "id: extra\ntitle: extra\nsources: [test]\ncodes: [{system: loinc, code: '2160-0'}]\n"
+    )
+    assert "extra" in load_catalog(mappings).valuesets
