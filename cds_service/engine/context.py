@@ -58,7 +58,10 @@ class Context:
         return found
 
     def part(self, resource: Resource, valueset: str) -> dict[str, Any] | None:
-        """The part of a result that a value set's code names (the result, or a component), once."""
+        """The part of a result that a value set's code names (the result, or a component), once.
+        A result without components found through the code index is its own part."""
+        if "component" not in resource:
+            return resource
         key = (id(resource), valueset)
         if key not in self._parts:
             self._parts[key] = part_for(resource, self.valueset(valueset))

@@ -84,10 +84,16 @@ def concept_label(concept: object, valueset: CompiledValueSet | None = None) -> 
 
 @dataclass(frozen=True, slots=True)
 class When:
-    """When an observation was made: its day(s), and its time where one was given."""
+    """When an observation was made: its day(s), and (worked out only when results on one day must
+    be ordered) its time where one was given."""
 
     day: DayRange
-    moment: datetime | None = None
+    raw: object = None
+    tz: tzinfo | None = None
+
+    @property
+    def moment(self) -> datetime | None:
+        return instant(self.raw, self.tz) if self.tz is not None else None
 
     def __str__(self) -> str:
         return str(self.day)
@@ -108,7 +114,7 @@ def observation_when(resource: Resource, tz: tzinfo | None = None) -> When | Non
     ):
         found = day_range(value, tz)
         if found is not None:
-            return When(found, instant(value, tz) if tz is not None else None)
+            return When(found, value, tz)
     return None
 
 

@@ -13,6 +13,7 @@ import calendar
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
+from functools import lru_cache
 from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, PlainSerializer
@@ -107,7 +108,14 @@ def day_range(value: object, tz: tzinfo | None = None) -> DayRange | None:
         return DayRange(value, value)
     if not isinstance(value, str):
         return None
-    if tz is not None and len(value) > 16 and value[10] == "T":
+    return _day_of_text(value, tz)
+
+
+@lru_cache(maxsize=8192)
+def _day_of_text(value: str, tz: tzinfo | None) -> DayRange | None:
+    """day_range of a string; cached: a record's results share a handful of timestamps."""
+    utc_already = value.endswith(("Z", "+00:00")) and _is_utc(tz)  # the date as written: no parse
+    if tz is not None and len(value) > 16 and value[10] == "T" and not utc_already:
         placed = instant(value, tz)
         if placed is not None:
             return DayRange(placed.date(), placed.date())
@@ -126,6 +134,10 @@ def day_range(value: object, tz: tzinfo | None = None) -> DayRange | None:
         return DayRange(date(year, 1, 1), date(year, 12, 31))
     except ValueError:
         return None
+
+
+def _is_utc(tz: tzinfo | None) -> bool:
+    return tz is UTC or getattr(tz, "key", None) in ("UTC", "Etc/UTC")
 
 
 def instant(value: object, tz: tzinfo) -> datetime | None:

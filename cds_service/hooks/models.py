@@ -8,6 +8,7 @@ because the spec forbids nulls and an EHR may choke on them.
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -201,6 +202,19 @@ class FeedbackItem(_Incoming):
     acceptedSuggestions: list[AcceptedSuggestion] | None = None
     overrideReason: OverrideReason | None = None
     outcomeTimestamp: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
+
+    @field_validator("outcomeTimestamp")
+    @classmethod
+    def _a_real_instant(cls, value: str) -> str:
+        """The pattern admits '0000-00-00T00:00:00Z': the timestamp must also be a real instant."""
+        try:
+            datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError("outcomeTimestamp is not a valid date and time") from None
+        return value
+
+    def moment(self) -> datetime:
+        return datetime.fromisoformat(self.outcomeTimestamp.replace("Z", "+00:00"))
 
     @model_validator(mode="after")
     def _accepted_needs_suggestions(self) -> FeedbackItem:

@@ -223,8 +223,7 @@ def outcomes(items: list[FeedbackItem]) -> list[Outcome]:
     for item in items:
         reason = item.overrideReason.reason if item.overrideReason else None
         code = reason.code if reason is not None and reason.system in (OVERRIDE_SYSTEM, None) else None
-        at = datetime.fromisoformat(item.outcomeTimestamp.replace("Z", "+00:00"))
-        found.append(Outcome(card=item.card, outcome=item.outcome, reason=code, at=at))
+        found.append(Outcome(card=item.card, outcome=item.outcome, reason=code, at=item.moment()))
     return found
 
 
