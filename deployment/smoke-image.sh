@@ -18,7 +18,7 @@
 #   bash deployment/smoke-image.sh [IMAGE]          (default localhost/cds-service:<version>)
 #
 # Needs root (mount, chroot), podman, util-linux, iproute2 and python3 on the host; .venv (for the
-# demo request). SMOKE_REQUIRE_HEALTHZ=1 fails when the image's /healthz is not served.
+# demo request). The image's HEALTHCHECK (/healthz) must pass.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -30,18 +30,7 @@ BASE = K8S / "base"
 PRODUCTION = K8S / "overlays" / "production"
 # The oldest Kubernetes the manifests promise to work on, and the newest the validator knows.
 VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
-# Settings the operations work of issue 10 adds (production mode, JSON logs, /metrics token, audit,
-# keys, graceful shutdown); once cds_service.settings has them this set changes nothing.
-ARRIVING = {
-    "CDS_ENV",
-    "CDS_LOG_FORMAT",
-    "CDS_METRICS_TOKEN",
-    "CDS_PSEUDONYM_KEY",
-    "CDS_SESSION_KEY",
-    "CDS_AUDIT_RETENTION_DAYS",
-    "CDS_SHUTDOWN_GRACE_SECONDS",
-}
-SETTINGS = {f"CDS_{name.upper()}" for name in Settings.model_fields} | ARRIVING
+SETTINGS = {f"CDS_{name.upper()}" for name in Settings.model_fields}
 Manifest = dict[str, Any]
 
 
