@@ -49,6 +49,7 @@ from cds_service.ops.health import DatabaseProbe, build_ops_router
 from cds_service.ops.middleware import BodyLimit, HookObserver, RequestContext
 from cds_service.portfolio import load_portfolio
 from cds_service.settings import Settings, check_settings, get_settings
+from cds_service.smart.checklist import ChecklistStore
 from cds_service.smart.router import build_smart_router
 from cds_service.smart.sessions import SessionStore
 from cds_service.store import FeedbackStore
@@ -63,6 +64,7 @@ class _Lifecycle:
 
     audit: AuditLog
     sessions: SessionStore
+    checklist: ChecklistStore
     closers: list[Any]
 
 
@@ -94,8 +96,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         followup=FollowUp(engine, snooze_days=portfolio.snooze_days),
     )
     sessions = SessionStore.for_settings(engine, settings)
+    checklist = ChecklistStore(engine, sealer=sessions.sealer)
     probe = DatabaseProbe(engine)
-    state = _Lifecycle(audit=audit, sessions=sessions, closers=[probe, jwks, engine])
+    state = _Lifecycle(audit=audit, sessions=sessions, checklist=checklist, closers=[probe, jwks, engine])
 
     docs = settings.docs_enabled()
     app = FastAPI(
@@ -111,9 +114,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(build_ops_router(settings=settings, catalog=catalog, probe=probe))
     app.include_router(build_hooks_router(deps))
     _document_request_models(app)
-    app.include_router(
-        build_smart_router(settings=settings, catalog=catalog, sessions=sessions), prefix="/smart"
+    smart = build_smart_router(
+        settings=settings,
+        catalog=catalog,
+        portfolio=portfolio,
+        sessions=sessions,
+        checklist=checklist,
+        pseudonyms=deps.pseudonyms,
     )
+    app.include_router(smart, prefix="/smart")
     _install_error_handlers(app)
     if settings.cors_origins:
         app.add_middleware(
@@ -152,7 +161,8 @@ def _lifespan(state: _Lifecycle) -> Any:
 
 
 async def _maintain(state: _Lifecycle) -> None:
-    """Audit retention and expired SMART sessions: at start, then daily (sessions hourly)."""
+    """Audit retention, expired SMART sessions and checklists: at start, then daily (the SMART
+    tables hourly)."""
     elapsed = MAINTENANCE_EVERY
     while True:
         try:
@@ -160,6 +170,7 @@ async def _maintain(state: _Lifecycle) -> None:
                 await run_in_threadpool(state.audit.prune)
                 elapsed = 0.0
             await run_in_threadpool(state.sessions.cleanup)
+            await run_in_threadpool(state.checklist.cleanup)
         except Exception as exc:  # a database hiccup must not end the loop
             log.error("maintenance failed: %s", type(exc).__name__)
         await asyncio.sleep(3600.0)

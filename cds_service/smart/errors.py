@@ -16,6 +16,12 @@ what to do next. Messages never carry tokens, codes or patient data; the detail 
     ├── authorization_failed                400   the authorize step answered another error
     ├── patient_not_available               403   the patient is not available to the app
     ├── unusable_data                       502   the record is not valid FHIR R4
+    ├── bad_reference                       400   an evidence link that names no readable entry
+    ├── evidence_not_found                  404   the EHR has no such entry (any more)
+    ├── evidence_not_available              403   the EHR does not let the app read that entry
+    ├── evidence_other_patient              403   the entry is not about the launch's patient
+    ├── bad_form                            400   a checklist form the app did not make
+    ├── form_expired                        403   a checklist form without this launch's CSRF token
     └── unexpected                          500   anything else (logged without detail)
 
 These are factories of one class rather than subclasses: the router only needs status and text.
@@ -160,4 +166,59 @@ def bad_request() -> SmartError:
         status=400,
         title="This link is malformed",
         message="The request's parameters could not be read.",
+    )
+
+
+def bad_reference() -> SmartError:
+    return SmartError(
+        status=400,
+        title="This evidence link is malformed",
+        message="The link does not name a record entry the app can show (Type/id of a clinical resource).",
+        action="Go back to the eligibility page and use its evidence links.",
+    )
+
+
+def evidence_not_found() -> SmartError:
+    return SmartError(
+        status=404,
+        title="This record entry was not found",
+        message="The EHR's FHIR server has no such entry: it may have been removed or merged since.",
+        action="Go back to the eligibility page (reload it to evaluate the current record).",
+    )
+
+
+def evidence_not_available() -> SmartError:
+    return SmartError(
+        status=403,
+        title="The EHR does not let the app read this entry",
+        message="The FHIR server refused this app's access to that record entry.",
+        action="Look the entry up in the EHR itself, or ask the EHR team for access.",
+    )
+
+
+def evidence_other_patient() -> SmartError:
+    return SmartError(
+        status=403,
+        title="This entry is not about this patient",
+        message="The record entry does not name the patient this app was opened for, so it is not shown.",
+        action="Go back to the eligibility page; if an evidence link led here, tell the EHR team.",
+    )
+
+
+def bad_form(detail: str) -> SmartError:
+    return SmartError(
+        status=400,
+        title="The checklist could not be saved",
+        message=f"The form sent was not one this page made: {detail}.",
+        action="Reload the page and save the checklist again.",
+    )
+
+
+def form_expired() -> SmartError:
+    return SmartError(
+        status=403,
+        title="The checklist could not be saved",
+        message="The form does not carry this launch's security token "
+        "(it came from another page, or the app was opened again since).",
+        action="Reload the page and save the checklist again.",
     )

@@ -50,6 +50,7 @@ class SmartConfiguration:
     authorization_endpoint: str
     token_endpoint: str
     capabilities: tuple[str, ...] = ()
+    issuer: str | None = None  # the OpenID Connect issuer (SMART: required with sso-openid-connect)
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class TokenGrant:
     expires_in: int | None
     need_patient_banner: bool
     app_context: dict[str, Any]
+    id_token: str | None = field(default=None, repr=False)  # OpenID Connect; read by smart.identity
 
 
 def new_secret() -> str:
@@ -141,10 +143,12 @@ def _configuration(doc: dict[str, Any], *, iss: str, settings: Settings) -> Smar
         log.warning("SMART server %s does not offer PKCE S256", iss)
         raise errors.discovery_failed()
     capabilities = doc.get("capabilities")
+    issuer = doc.get("issuer")
     return SmartConfiguration(
         authorization_endpoint=str(endpoints[0]),
         token_endpoint=str(endpoints[1]),
         capabilities=tuple(str(c) for c in capabilities) if isinstance(capabilities, list) else (),
+        issuer=issuer if isinstance(issuer, str) and issuer else None,
     )
 
 
@@ -238,7 +242,7 @@ def _grant(body: bytes) -> TokenGrant:
     if not isinstance(patient, str) or not is_fhir_id(patient):
         log.warning("SMART token response without a usable patient context")
         raise errors.patient_not_available()
-    expires_in = data.get("expires_in")
+    expires_in, id_token = data.get("expires_in"), data.get("id_token")
     return TokenGrant(
         access_token=token,
         patient=patient,
@@ -246,6 +250,7 @@ def _grant(body: bytes) -> TokenGrant:
         expires_in=expires_in if isinstance(expires_in, int) and expires_in > 0 else None,
         need_patient_banner=data.get("need_patient_banner") is not False,
         app_context=parse_app_context(data.get("appContext")),
+        id_token=id_token if isinstance(id_token, str) and id_token else None,
     )
 
 

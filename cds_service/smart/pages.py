@@ -3,7 +3,9 @@
 Headers, on every page and error:
 
 - ``Content-Security-Policy``: nothing may load (``default-src 'none'``) except the page's own
-  inline stylesheet, allowed by a per-response nonce; no scripts at all; and
+  inline stylesheet and script, allowed by a per-response nonce (the script only saves the
+  checklist as it is ticked, to this origin: ``connect-src 'self'``; without it the form's
+  button does the same); forms post to this origin only (``form-action 'self'``); and
   ``frame-ancestors`` from the configuration (the EHRs that may frame the app). There is no
   ``X-Frame-Options``: DENY would break the EHR frame, and ALLOW-FROM is obsolete.
 - ``Cache-Control: no-store`` (and ``Pragma: no-cache``): the pages hold patient data.
@@ -30,12 +32,12 @@ _ENV = Environment(
 )
 
 
-def security_headers(*, frame_ancestors: Iterable[str], style_nonce: str | None = None) -> dict[str, str]:
-    style = f"'nonce-{style_nonce}'" if style_nonce else "'none'"
+def security_headers(*, frame_ancestors: Iterable[str], nonce: str | None = None) -> dict[str, str]:
+    inline = f"'nonce-{nonce}'" if nonce else "'none'"
     ancestors = " ".join(frame_ancestors) or "'none'"
     csp = (
-        f"default-src 'none'; style-src {style}; img-src data:; form-action 'none'; "
-        f"base-uri 'none'; frame-ancestors {ancestors}"
+        f"default-src 'none'; style-src {inline}; script-src {inline}; connect-src 'self'; "
+        f"img-src data:; form-action 'self'; base-uri 'none'; frame-ancestors {ancestors}"
     )
     return {
         "Content-Security-Policy": csp,
@@ -51,7 +53,7 @@ def render(
 ) -> HTMLResponse:
     nonce = secrets.token_urlsafe(16)
     html = _ENV.get_template(template).render(nonce=nonce, **context)
-    headers = security_headers(frame_ancestors=frame_ancestors, style_nonce=nonce)
+    headers = security_headers(frame_ancestors=frame_ancestors, nonce=nonce)
     return HTMLResponse(html, status_code=status, headers=headers)
 
 

@@ -27,9 +27,12 @@ log = logging.getLogger(__name__)
 
 
 def load_report(
-    launch: Launch, *, settings: Settings, catalog: Catalog, as_of: date
+    launch: Launch, *, settings: Settings, catalog: Catalog, as_of: date, trial_ids: list[str]
 ) -> tuple[dict[str, Any], EligibilityReport]:
-    """(the Patient resource, the report for every trial); SmartError pages for each failure."""
+    """(the Patient resource, the report for ``trial_ids``); SmartError pages for each failure.
+
+    ``as_of`` is the site's date and instants are placed in the site's zone (``CDS_SITE_TIMEZONE``),
+    exactly as for the card that linked here: near midnight both faces say the same."""
     try:
         with FhirClient(base_url=launch.iss, token=launch.access_token, settings=settings) as client:
             segment = id_segment(launch.patient, what="the launch's patient")
@@ -52,7 +55,7 @@ def load_report(
     except InvalidInput as exc:
         log.warning("SMART: the EHR's data could not be used: %s", without_ids(str(exc)))
         raise errors.unusable_data() from None
-    return patient, evaluate(catalog, record, as_of=as_of)
+    return patient, evaluate(catalog, record, as_of=as_of, tz=settings.tz(), trial_ids=trial_ids)
 
 
 def _read_patient(client: FhirClient, patient_id: str) -> dict[str, Any]:

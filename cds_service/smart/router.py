@@ -7,6 +7,12 @@
   anything else, exchanges the code (with the verifier), 302 to ``/app?ctx=...``.
 - ``GET /app?ctx=...``: reads the patient with the session's token and renders the report.
 - ``GET /report.json?ctx=...``: the same report as JSON.
+- ``GET /evidence?ctx=...&ref=Type/id``: one evidence entry, read server-side (``smart.evidence``).
+- ``POST /checklist``: saves a trial's reviewer checklist (``smart.checklist``), CSRF-checked; 303
+  back to the page, or JSON for the page's script.
+
+The evaluation date is the site's (``CDS_SITE_TIMEZONE``), the same as the cards'. Only the trials
+the site's portfolio offers to clinicians are shown, with their recruiting status and contact.
 
 Every failure is a page from ``smart.errors`` with its own status, never a stack trace.
 """
@@ -19,13 +25,18 @@ from datetime import date
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse, Response
 from fastapi.routing import APIRoute
 
 from cds_service.engine.loader import Catalog
+from cds_service.engine.time import today_in
+from cds_service.ops.audit import Pseudonyms
+from cds_service.portfolio import Portfolio, default_portfolio
 from cds_service.settings import Settings
 from cds_service.smart import errors
+from cds_service.smart.checklist import MAX_FORM_BYTES, ChecklistStore
 from cds_service.smart.handlers import SmartApp
 from cds_service.smart.pages import error_page
 from cds_service.smart.sessions import SessionStore
@@ -40,16 +51,26 @@ def build_smart_router(
     *,
     settings: Settings,
     catalog: Catalog,
+    portfolio: Portfolio | None = None,
     sessions: SessionStore | None = None,
-    today: Callable[[], date] = date.today,
+    checklist: ChecklistStore | None = None,
+    pseudonyms: Pseudonyms | None = None,
+    today: Callable[[], date] | None = None,
 ) -> APIRouter:
-    """The SMART app's routes; ``sessions`` and ``today`` are injectable for tests."""
+    """The SMART app's routes. ``portfolio`` defaults to every trial (as without CDS_PORTFOLIO);
+    ``pseudonyms`` to CDS_PSEUDONYM_KEY's (create_app passes the hooks' own, so a patient has one
+    pseudonym); ``today`` to the site's date; ``sessions`` to an in-memory store (tests)."""
     ancestors = frame_ancestors(settings)
+    sessions = sessions or SessionStore()
+    secret = settings.pseudonym_key.get_secret_value() if settings.pseudonym_key else None
     app = SmartApp(
         settings=settings,
         catalog=catalog,
-        sessions=sessions or SessionStore(),
-        today=today,
+        portfolio=portfolio or default_portfolio(catalog),
+        sessions=sessions,
+        checklist=checklist or ChecklistStore(sessions.engine, sealer=sessions.sealer, clock=sessions.clock),
+        pseudonyms=pseudonyms or Pseudonyms.from_secret(secret),
+        today=today or (lambda: today_in(settings.tz())),
         frame_ancestors=ancestors,
     )
     router = APIRouter(route_class=_page_route(ancestors), include_in_schema=False)
@@ -65,14 +86,35 @@ def build_smart_router(
         return app.callback(request, code=code, state=state, error=error)
 
     @router.get("/app", name="smart_app")
-    def page(request: Request, ctx: str | None = None) -> Response:
-        return app.page(request, context_id=ctx)
+    def page(request: Request, ctx: str | None = None, saved: str | None = None) -> Response:
+        return app.page(request, context_id=ctx, saved=saved)
+
+    @router.get("/evidence", name="smart_evidence")
+    def evidence(
+        request: Request, ctx: str | None = None, ref: str | None = None, at: str | None = None
+    ) -> Response:
+        return app.evidence(request, context_id=ctx, ref=ref, at=at)
+
+    @router.post("/checklist", name="smart_checklist")
+    async def save_checklist(request: Request) -> Response:
+        body = await _bounded_body(request, MAX_FORM_BYTES)
+        return await run_in_threadpool(app.save_checklist, request, body)
 
     @router.get("/report.json", name="smart_report")
     def report(request: Request, ctx: str | None = None) -> Response:
         return app.report_json(request, context_id=ctx)
 
     return router
+
+
+async def _bounded_body(request: Request, limit: int) -> bytes:
+    """The request body, refused past ``limit`` bytes without reading the rest."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit:
+            raise errors.bad_form("the form is too large")
+    return bytes(body)
 
 
 def frame_ancestors(settings: Settings) -> list[str]:

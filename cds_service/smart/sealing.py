@@ -4,11 +4,15 @@ HKDF-SHA256 turns the setting (any length, 16+ characters in production) into a 
 value gets a fresh 96-bit nonce and is bound to its row (the row's hashed id as associated data), so
 a ciphertext copied into another row does not open. A value sealed under another key opens to None:
 the session is then treated as expired, never as an error page with a stack trace.
+
+The same secret, through HKDF with another label, keys ``mac``: the CSRF tokens of the app's forms.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import logging
 import secrets
 
@@ -27,9 +31,13 @@ class Sealer:
         if not secret:
             log.warning("CDS_SESSION_KEY is not set: SMART sessions use a random key of this process")
             secret = secrets.token_urlsafe(32)
-        info = b"cds-service smart session tokens v1"
-        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret.encode())
-        self._aead = AESGCM(key)
+        self._aead = AESGCM(_derive(secret, b"cds-service smart session tokens v1"))
+        self._mac_key = _derive(secret, b"cds-service smart form tokens v1")
+
+    def mac(self, value: str) -> str:
+        """HMAC-SHA256 of ``value`` (URL-safe): unforgeable without the secret."""
+        digest = hmac.new(self._mac_key, value.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
     def seal(self, value: str, *, row: str) -> str:
         nonce = secrets.token_bytes(12)
@@ -43,3 +51,7 @@ class Sealer:
             return self._aead.decrypt(raw[:12], raw[12:], row.encode()).decode()
         except (InvalidTag, ValueError):
             return None
+
+
+def _derive(secret: str, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret.encode())

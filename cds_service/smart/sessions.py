@@ -7,9 +7,11 @@ SameSite=None, Partitioned, so it travels inside the EHR's frame). Three tables:
   id that started them: PKCE verifier, iss, token endpoint, redirect URI; 10 minutes.
 - ``smart_session``: signed-in browsers (a row only once a code exchange succeeded).
 - ``smart_launch``: each finished launch, keyed by a random context id the page URL carries
-  (``/smart/app?ctx=...``): iss, patient, access token, banner flag, appContext; until the token
-  (or the session) expires. Two tabs never mix patients: each page names its own launch, and a
-  context id is useless without the cookie of the browser that made it.
+  (``/smart/app?ctx=...``): iss, patient, access token, banner flag, appContext, and a keyed
+  pseudonym of the signed-in user (from the OpenID Connect id_token; ``smart.identity``), never
+  the user's id itself; until the token (or the session) expires. Two tabs never mix patients:
+  each page names its own launch, and a context id is useless without the cookie of the browser
+  that made it.
 
 Why it looks like this:
 
@@ -25,11 +27,14 @@ Why it looks like this:
 * Times are wall-clock seconds (``time.time``), comparable between processes. Expired rows are
   ignored at once and deleted by ``cleanup()`` (hourly, from the app's lifespan) and on launch.
 * The session id is rotated when a launch completes; its launches and pending tabs carry over.
+* The rows live an hour, so a table of an older layout is dropped and created anew at start
+  (``_upgrade``): its users open the app again from the EHR, nothing else is lost.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import re
@@ -50,6 +55,7 @@ from sqlalchemy import (
     Text,
     delete,
     func,
+    inspect,
     select,
     update,
 )
@@ -77,6 +83,7 @@ pending_table = Table(
     Column("verifier", Text, nullable=False),  # sealed
     Column("token_endpoint", Text, nullable=False),
     Column("redirect_uri", Text, nullable=False),
+    Column("id_issuer", Text),  # the OpenID Connect issuer an id_token must name
     Column("created_at", Float, nullable=False, index=True),
     Column("expires_at", Float, nullable=False, index=True),
 )
@@ -96,6 +103,7 @@ launch_table = Table(
     Column("access_token", Text, nullable=False),  # sealed
     Column("need_patient_banner", Boolean, nullable=False),
     Column("app_context", Text, nullable=False),
+    Column("user_key", String(64)),  # pseudonym of the id_token's iss + sub; null: no id_token
     Column("created_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False, index=True),
 )
@@ -108,6 +116,7 @@ class Pending:
     token_endpoint: str
     redirect_uri: str
     expires_at: float
+    id_issuer: str | None = None
 
 
 @dataclass
@@ -118,6 +127,7 @@ class Launch:
     need_patient_banner: bool
     app_context: dict[str, Any]
     expires_at: float
+    user_key: str | None = None
 
 
 def _hash(value: str) -> str:
@@ -141,12 +151,22 @@ class SessionStore:
         self.sealer = Sealer(secret)
         self.ttl, self.pending_ttl, self.max_pending = ttl, pending_ttl, max_pending
         self.clock = clock
+        _upgrade(self.engine)
         _metadata.create_all(self.engine)
 
     @classmethod
     def for_settings(cls, engine: Engine, settings: Settings) -> SessionStore:
         secret = settings.session_key.get_secret_value() if settings.session_key else None
         return cls(engine=engine, secret=secret)
+
+    def form_token(self, context_id: str) -> str:
+        """The CSRF token of a launch's forms. Bound to the launch (which only its browser's
+        session can use), not to the session id: that rotates at every launch, and a page opened
+        earlier in another tab must still save."""
+        return self.sealer.mac(f"form|{context_id}")
+
+    def form_token_ok(self, context_id: str, token: str) -> bool:
+        return hmac.compare_digest(self.form_token(context_id).encode(), token.encode())
 
     def pending_expiry(self) -> float:
         return self.clock() + self.pending_ttl
@@ -170,6 +190,7 @@ class SessionStore:
                     verifier=self.sealer.seal(pending.verifier, row=state_hash),
                     token_endpoint=pending.token_endpoint,
                     redirect_uri=pending.redirect_uri,
+                    id_issuer=pending.id_issuer,
                     created_at=now,
                     expires_at=pending.expires_at,
                 )
@@ -212,6 +233,7 @@ class SessionStore:
             token_endpoint=row.token_endpoint,
             redirect_uri=row.redirect_uri,
             expires_at=row.expires_at,
+            id_issuer=row.id_issuer,
         )
 
     def complete(self, session_id: str, launch: Launch) -> tuple[str, str]:
@@ -242,6 +264,7 @@ class SessionStore:
                     access_token=self.sealer.seal(launch.access_token, row=context_hash),
                     need_patient_banner=launch.need_patient_banner,
                     app_context=json.dumps(launch.app_context),
+                    user_key=launch.user_key,
                     created_at=now,
                     expires_at=launch.expires_at,
                 )
@@ -278,6 +301,7 @@ class SessionStore:
             need_patient_banner=row.need_patient_banner,
             app_context=json.loads(row.app_context),
             expires_at=row.expires_at,
+            user_key=row.user_key,
         )
 
     def cleanup(self) -> int:
@@ -296,6 +320,19 @@ class SessionStore:
                 t.name: int(conn.execute(select(func.count()).select_from(t)).scalar_one())
                 for t in (pending_table, session_table, launch_table)
             }
+
+
+def _upgrade(engine: Engine) -> None:
+    """Drop session tables whose columns differ from this version's (their rows live an hour)."""
+    existing = inspect(engine)
+    stale = [
+        t
+        for t in _metadata.sorted_tables
+        if existing.has_table(t.name) and {c["name"] for c in existing.get_columns(t.name)} != set(t.c.keys())
+    ]
+    if stale:
+        log.info("SMART session tables of an older layout recreated: %s", ", ".join(t.name for t in stale))
+        _metadata.drop_all(engine, tables=stale)
 
 
 def _trim(conn: Any, table: Table, where: Any, keep: int) -> None:

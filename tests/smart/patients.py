@@ -1,8 +1,8 @@
 """Three FHIR patients for NCT06888960, one per status, built from the trial's own test vectors.
 
 Each comes from a case of ``mappings/tests/NCT06888960/status.yaml``, with ids made unique per
-patient, a name for the banner, and every date moved by (today - the case's as_of): evaluated
-today, the patient stands exactly where the vector stood on its as_of date.
+patient, a name and a medical record number for the banner, and every date moved by (today - the
+case's as_of): evaluated today, the patient stands exactly where the vector stood on its as_of date.
 """
 
 from __future__ import annotations
@@ -19,6 +19,12 @@ import yaml
 STATUS_VECTORS = Path(__file__).resolve().parents[2] / "mappings" / "tests" / "NCT06888960" / "status.yaml"
 TRIAL = "NCT06888960"
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+
+
+def mrn(status: str) -> str:
+    """The vector patient's medical record number (the banner shows it)."""
+    return {"likely-eligible": "100-2041", "needs-review": "100-2042", "not-eligible": "100-2043"}[status]
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,14 @@ def vector_patient(status: str, *, today: date | None = None) -> VectorPatient:
     resources = [_rewrite(r, pid=pid, shift=shift) for r in case["resources"]]
     patient = next(r for r in resources if r["resourceType"] == "Patient")
     patient["name"] = [{"use": "official", "family": family, "given": [given]}]
+    patient["identifier"] = [
+        {"system": "urn:example:insurance", "value": f"INS-{mrn(status)}"},
+        {
+            "type": {"coding": [{"system": V2_0203, "code": "MR"}]},
+            "system": "urn:example:mrn",
+            "value": mrn(status),
+        },
+    ]
     bundle = {
         "resourceType": "Bundle",
         "type": "transaction",

@@ -123,7 +123,7 @@ def test_ehr_launch_in_a_real_browser(
         assert section.locator(".status").inner_text() == label
         assert criterion.lower() in section.inner_text().lower()
         evidence = section.locator("ul.evidence a").first
-        assert evidence.get_attribute("href").startswith(f"{auth.fhir_base}/")
+        assert evidence.get_attribute("href").startswith("/smart/evidence?ctx=")
         boxes = section.locator("fieldset input[type=checkbox]")
         assert boxes.count() >= 3
         first_label = section.locator("fieldset label").first
@@ -134,7 +134,8 @@ def test_ehr_launch_in_a_real_browser(
         assert cookies[0]["httpOnly"] and cookies[0]["secure"] and cookies[0]["sameSite"] == "None"
         assert FHIR_TEST_TOKEN not in page.content()
         ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / f"smart-{status}.png"), full_page=True)
+        page.screenshot(path=str(ARTIFACTS / f"smart-{status}.png"))  # what the frame shows first
+        section.screenshot(path=str(ARTIFACTS / f"smart-{status}-trial.png"))  # the card's trial, whole
     finally:
         page.close()
 
@@ -150,7 +151,8 @@ def test_sidebar_width(
         page.wait_for_load_state("load")
         assert page.evaluate("document.documentElement.scrollWidth") <= 360
         ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "smart-needs-review-360.png"), full_page=True)
+        page.screenshot(path=str(ARTIFACTS / "smart-needs-review-360.png"))
+        page.locator(f"#trial-{TRIAL}").screenshot(path=str(ARTIFACTS / "smart-needs-review-360-trial.png"))
     finally:
         page.close()
 
@@ -185,3 +187,84 @@ def test_framing_by_a_site_not_listed_is_blocked(
         assert all(f.locator(".status").count() == 0 for f in app_frames)
     finally:
         page.close()
+
+
+def test_evidence_view_and_checklist_kept_across_launches(
+    browser: Any, live: tuple[str, SmartAuthServer], vector_patients: dict[str, VectorPatient]
+) -> None:
+    """A clinician opens an evidence entry inside the app, ticks a checklist item with a note, opens
+    the app again from the EHR (a new launch, a new browser session) and finds both kept."""
+    base, auth = live
+    patient, user = vector_patients["likely-eligible"].id, "browser-reviewer"
+    ARTIFACTS.mkdir(exist_ok=True)
+    first = browser.new_context(viewport={"width": 1024, "height": 900})
+    try:
+        page = first.new_page()
+        page.goto(launch_url(base, auth, patient, user=user))
+        section = page.locator(f"#trial-{TRIAL}")
+        creatinine = section.locator("li", has_text="Creatinine").locator("ul.evidence a").first
+        creatinine.click()
+        page.wait_for_load_state("load")
+        assert page.url.startswith(f"{base}/smart/evidence?ctx="), page.url
+        assert "creatinine" in page.locator("h1").inner_text().lower()
+        facts = page.locator("dl.facts").first.inner_text()
+        assert "Value" in facts and "mg/dL" in facts and "Status" in facts
+        assert not page.locator("details.raw").evaluate("d => d.open")  # the JSON stays folded
+        assert page.locator("header.banner").inner_text().startswith("Ada Eligible")
+        page.screenshot(path=str(ARTIFACTS / "smart-evidence.png"), full_page=True)
+        page.locator("p.back a").click()
+        page.wait_for_load_state("load")
+        assert page.url.startswith(f"{base}/smart/app?ctx=")
+        form = page.locator(f"#trial-{TRIAL} form.checklist")
+        box = form.locator("input[type=checkbox]").first
+        assert not box.is_checked()
+        box.check()
+        page.wait_for_function(
+            "s => s.textContent === 'Saved.'", arg=form.locator(".save-status").element_handle()
+        )
+        note = form.locator("input[type=text]").first
+        note.fill("Discussed with the patient on the phone")
+        note.press("Tab")  # change fires on leaving the field: saved again
+        page.wait_for_timeout(300)
+        page.wait_for_function(
+            "s => s.textContent === 'Saved.'", arg=form.locator(".save-status").element_handle()
+        )
+        assert "Kept for you" in form.inner_text()
+        form.screenshot(path=str(ARTIFACTS / "smart-checklist-saved.png"))
+    finally:
+        first.close()
+    again = browser.new_context(viewport={"width": 1024, "height": 900})
+    try:
+        page = again.new_page()
+        page.goto(launch_url(base, auth, patient, user=user))
+        form = page.locator(f"#trial-{TRIAL} form.checklist")
+        assert form.locator("input[type=checkbox]").first.is_checked()
+        assert (
+            form.locator("input[type=text]").first.input_value() == "Discussed with the patient on the phone"
+        )
+        assert form.locator("input[type=checkbox]:checked").count() == 1
+        form.screenshot(path=str(ARTIFACTS / "smart-checklist-restored.png"))
+    finally:
+        again.close()
+
+
+def test_checklist_saves_without_script(
+    browser: Any, live: tuple[str, SmartAuthServer], vector_patients: dict[str, VectorPatient]
+) -> None:
+    """With JavaScript off, the Save button posts the form and the page comes back with it saved."""
+    base, auth = live
+    context = browser.new_context(java_script_enabled=False, viewport={"width": 1024, "height": 900})
+    try:
+        page = context.new_page()
+        page.goto(launch_url(base, auth, vector_patients["needs-review"].id, user="no-script-reviewer"))
+        form = page.locator(f"#trial-{TRIAL} form.checklist")
+        form.locator("input[type=checkbox]").nth(1).check()
+        form.locator("button[type=submit]").click()
+        page.wait_for_load_state("load")
+        assert "saved=" in page.url
+        form = page.locator(f"#trial-{TRIAL} form.checklist")
+        assert form.locator("input[type=checkbox]").nth(1).is_checked()
+        assert not form.locator("input[type=checkbox]").first.is_checked()
+        assert form.locator(".save-status").inner_text() == "Saved."
+    finally:
+        context.close()

@@ -62,7 +62,8 @@ def test_full_ehr_launch_shows_the_report_and_never_leaks_the_token(smart: Smart
     assert "Ada Eligible" in html and "Female" in html and "Born " in html
     assert "Likely eligible" in html
     assert "Reviewer checklist" in html and 'type="checkbox"' in html
-    assert f'href="{smart.auth.fhir_base}/Observation/smart-likely-eligible-cr"' in html
+    assert 'href="/smart/evidence?ctx=' in html and "ref=Observation%2Fsmart-likely-eligible-cr" in html
+    assert f'href="{smart.auth.fhir_base}' not in html  # never a raw FHIR link: it would answer 401
     assert "mg/dL" in html
     assert "clinicaltrials.gov" in html.lower()
     report = flow.get(f"/smart/report.json?{callback.headers['location'].split('?', 1)[1]}")
@@ -79,13 +80,15 @@ def test_pages_carry_security_headers_and_allow_the_ehr_frame(smart: SmartHarnes
     page = flow.open_app(smart.auth.create_launch(patient="smart-needs-review"))
     assert page.status_code == 200
     csp = page.headers["content-security-policy"]
-    assert "default-src 'none'" in csp and "script-src" not in csp
+    assert "default-src 'none'" in csp and "unsafe-inline" not in csp
     assert f"frame-ancestors 'self' {smart.auth.root_url}" in csp
     assert "x-frame-options" not in page.headers
     assert page.headers["cache-control"] == "no-store"
     assert page.headers["referrer-policy"] == "no-referrer"
-    nonce = re.search(r"'nonce-([^']+)'", csp)
+    nonce = re.search(r"script-src 'nonce-([^']+)';", csp)
     assert nonce and f'<style nonce="{nonce.group(1)}">' in page.text
+    assert f'<script nonce="{nonce.group(1)}">' in page.text
+    assert "form-action 'self'" in csp and "connect-src 'self'" in csp
     assert "Needs review" in page.text and "To review" in page.text
 
 
@@ -110,7 +113,7 @@ def test_app_context_trial_and_no_banner_when_the_ehr_shows_one(smart: SmartHarn
     page = Flow(smart).open_app(launch_id)
     assert page.status_code == 200
     assert 'aria-label="Patient"' not in page.text and "Nora Vaccinated" not in page.text
-    assert "Not eligible" in page.text and "Rules out" in page.text
+    assert "Not eligible" in page.text and "Rules the patient out" in page.text
 
 
 def test_standalone_launch_asks_for_launch_patient(

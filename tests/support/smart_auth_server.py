@@ -10,7 +10,11 @@ sekmet-fhir (our FHIR test server) has no authorization-code flow, so this plays
 - ``POST {root}/token``: single-use codes (a replay is ``invalid_grant``), same ``redirect_uri`` and
   client (HTTP Basic when the client has a secret), ``code_verifier`` checked against the challenge;
   answers ``access_token`` (one the FHIR server accepts), ``patient``, ``need_patient_banner``,
-  ``appContext`` (a string), ``scope``, ``expires_in``, with ``Cache-Control: no-store``;
+  ``appContext`` (a string), ``scope``, ``expires_in``, with ``Cache-Control: no-store``; and when
+  ``openid`` was granted and the launch has a ``user``, an OpenID Connect ``id_token``: a real JWT
+  (HS256 under a key of this server, which the app does not verify: OIDC Core §3.1.3.7 (6)) with
+  ``iss`` (the configuration's ``issuer``, or ``id_token_issuer``), ``aud`` (the client id),
+  ``sub`` (the user), ``fhirUser`` (``Practitioner/<user>``), ``iat`` and ``exp``;
 - ``{root}/ehr/frame?src=...``: an "EHR" page framing the app at sidebar width;
 - ``{root}/fhir/*``: a proxy to the real FHIR server (bodies' base URLs rewritten to ours), so the
   app reads real data under the ``iss`` it was launched with.
@@ -32,6 +36,7 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlencode
 
+import jwt
 import requests
 import uvicorn
 from fastapi import FastAPI, Request
@@ -78,6 +83,7 @@ class LaunchContext:
     deny: bool = False
     access_token: str | None = None
     need_patient_banner: bool = True
+    user: str | None = "practitioner-1"  # the id_token's sub; None: no id_token
 
 
 @dataclass
@@ -104,6 +110,8 @@ class SmartAuthServer:
     authorize_requests: list[dict[str, str]] = field(default_factory=list)
     token_requests: list[dict[str, str]] = field(default_factory=list)
     discovery_requests: int = 0
+    id_token_issuer: str | None = None  # None: the configuration's issuer (set another to test refusal)
+    _id_token_key: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
     _codes: dict[str, _Grant] = field(default_factory=dict, repr=False)
     _thread: ServerThread | None = field(default=None, repr=False)
 
@@ -144,11 +152,12 @@ class SmartAuthServer:
         deny: bool = False,
         access_token: str | None = None,
         need_patient_banner: bool = True,
+        user: str | None = "practitioner-1",
     ) -> str:
-        """Register an EHR launch and return its opaque ``launch`` id."""
+        """Register an EHR launch and return its opaque ``launch`` id (``user``: who is signed in)."""
         launch_id = secrets.token_urlsafe(12)
         self.launches[launch_id] = LaunchContext(
-            patient, app_context, deny, access_token, need_patient_banner
+            patient, app_context, deny, access_token, need_patient_banner, user
         )
         return launch_id
 
@@ -180,6 +189,7 @@ class SmartAuthServer:
             "capabilities": [
                 "launch-ehr",
                 "launch-standalone",
+                "sso-openid-connect",
                 "context-ehr-patient",
                 "context-standalone-patient",
                 "client-public",
@@ -255,7 +265,23 @@ class SmartAuthServer:
         }
         if grant.context.app_context is not None:
             body["appContext"] = grant.context.app_context
+        if "openid" in grant.scope.split() and grant.context.user is not None:
+            body["id_token"] = self.id_token(grant.context.user)
         return JSONResponse(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+    def id_token(self, user: str, **claims: Any) -> str:
+        """An id_token for ``user`` as this server issues them (``claims`` override)."""
+        now = int(time.time())
+        payload = {
+            "iss": self.id_token_issuer or self.root_url,
+            "aud": self.client_id,
+            "sub": user,
+            "fhirUser": f"Practitioner/{user}",
+            "iat": now,
+            "exp": now + 300,
+            **claims,
+        }
+        return jwt.encode(payload, self._id_token_key, algorithm="HS256")
 
     def _client_ok(self, request: Request, form: dict[str, str]) -> bool:
         if self.client_secret is None:
