@@ -122,6 +122,8 @@ def test_ehr_launch_in_a_real_browser(
         section = page.locator(f"#trial-{TRIAL}")
         assert section.locator(".status").inner_text() == label
         assert criterion.lower() in section.inner_text().lower()
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"smart-{status}.png"))  # what the frame shows first
         evidence = section.locator("ul.evidence a").first
         assert evidence.get_attribute("href").startswith("/smart/evidence?ctx=")
         boxes = section.locator("fieldset input[type=checkbox]")
@@ -133,8 +135,6 @@ def test_ehr_launch_in_a_real_browser(
         assert [c["name"] for c in cookies] == ["cds_smart_session"]
         assert cookies[0]["httpOnly"] and cookies[0]["secure"] and cookies[0]["sameSite"] == "None"
         assert FHIR_TEST_TOKEN not in page.content()
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / f"smart-{status}.png"))  # what the frame shows first
         section.screenshot(path=str(ARTIFACTS / f"smart-{status}-trial.png"))  # the card's trial, whole
     finally:
         page.close()
@@ -150,6 +150,13 @@ def test_sidebar_width(
         page.goto(launch_url(base, auth, vector_patients["needs-review"].id))
         page.wait_for_load_state("load")
         assert page.evaluate("document.documentElement.scrollWidth") <= 360
+        # The card's trial is a link; the trials that rule the patient out fold into one line.
+        nav = page.locator("nav.trials")
+        assert nav.locator(":scope > ul a").all_inner_texts()[0] == "CC312 in SLE"
+        folded = nav.locator("details.ruled-out")
+        assert folded.locator("summary").inner_text().startswith("Not eligible for ")
+        assert not folded.locator("ul").is_visible()
+        assert page.locator(f"#trial-{TRIAL}").bounding_box()["y"] < 800  # the card's trial is in view
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "smart-needs-review-360.png"))
         page.locator(f"#trial-{TRIAL}").screenshot(path=str(ARTIFACTS / "smart-needs-review-360-trial.png"))

@@ -8,6 +8,7 @@ from datetime import date
 import pytest
 
 from cds_service.engine.evaluate import evaluate
+from cds_service.portfolio import default_portfolio
 from cds_service.record import build_record
 from cds_service.settings import Settings
 from cds_service.smart import errors, oauth
@@ -153,17 +154,44 @@ def test_patient_name_prefers_the_official_name() -> None:
     assert patient_name(patient) == "Beatrice A Smith"
     assert patient_name({"name": [{"text": " Dr. Who "}]}) == "Dr. Who"
     assert patient_name({}) == "Unnamed patient"
-    assert banner_view({"gender": "female"}).birth_date == "unknown"
+    bare = banner_view({"gender": "female"}, as_of=date(2026, 1, 1))
+    assert (bare.birth_date, bare.age, bare.identifier) == ("unknown", "age unknown", None)
+    named = banner_view(
+        {
+            "birthDate": "1985-06-15",
+            "identifier": [
+                {"system": "urn:x", "value": "A-1"},
+                {"type": {"coding": [{"code": "MR"}]}, "value": "12345"},
+            ],
+        },
+        as_of=date(2026, 6, 14),
+    )
+    assert (named.age, named.identifier) == ("40 years", "MRN 12345")
+    assert banner_view({"birthDate": "1985"}, as_of=date(2026, 6, 14)).age == "40–41 years"
 
 
 def test_view_groups_criteria_and_puts_the_card_trial_first() -> None:
     bundle = vector_patient("not-eligible").bundle
     record = build_record([e["resource"] for e in bundle["entry"]])
     report = evaluate(packaged_catalog(), record, as_of=date.today(), trial_ids=[TRIAL])
-    [trial] = trial_views(report, catalog=packaged_catalog(), iss="https://ehr/fhir", first=TRIAL)
+    [trial] = trial_views(
+        report,
+        catalog=packaged_catalog(),
+        portfolio=default_portfolio(packaged_catalog()),
+        evidence_url="/smart/evidence?ctx=c1",
+        first=TRIAL,
+    )
     assert trial.status_label == "Not eligible"
-    assert [g.heading for g in trial.groups] == ["Met", "Not met"]
+    assert [g.heading for g in trial.groups] == [
+        "Rules the patient out",
+        "Meets",
+        "Absent — in the patient's favour",
+    ]
     assert [c.id for c in trial.ruled_out_by] == ["live-vaccine"]
     assert all(c.result == "unknown" for c in trial.checklist) and len(trial.checklist) == 5
     hrefs = [e.href for g in trial.groups for c in g.items for e in c.evidence]
-    assert "https://ehr/fhir/Immunization/smart-not-eligible-v1" in hrefs
+    assert any(
+        h and h.startswith("/smart/evidence?ctx=c1&") and "Immunization%2Fsmart-not-eligible-v1" in h
+        for h in hrefs
+    )
+    assert not any(h and h.startswith("http") for h in hrefs)
