@@ -44,12 +44,13 @@ FALLBACK = "Liz_Conn"
 HEAVY = "heavy-7138-entries.json"
 
 
-def copies_dir(size: int, root: Path, source: Path) -> Path:
-    """A mappings directory of ``size`` trials: the real ones, then copies under new ids."""
-    target = root / f"trials-{size}"
+def copies_dir(size: int, root: Path, source: Path, only: str | None = None) -> Path:
+    """A mappings directory of ``size`` trials: the real ones (or only ``only``), then copies under
+    new ids."""
+    target = root / f"trials-{only or 'all'}-{size}"
     (target / "trials").mkdir(parents=True)
-    (target / "valuesets").symlink_to(source / "valuesets")
-    originals = sorted((source / "trials").glob("*.yaml"))
+    (target / "valuesets").symlink_to(source.resolve() / "valuesets")
+    originals = sorted((source / "trials").glob(f"{only or '*'}.yaml"))
     for index in range(size):
         original = originals[index % len(originals)]
         data = yaml.safe_load(original.read_text(encoding="utf-8"))
@@ -172,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--calls", type=int, default=15)
     parser.add_argument("--skip-hook", action="store_true")
+    parser.add_argument(
+        "--series",
+        default="all,NCT06888960",
+        help="comma-separated: 'all' (the packaged trials, then copies) and/or one trial id (its copies)",
+    )
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     sys.path.insert(0, str(REPO))
@@ -188,30 +194,47 @@ def main(argv: list[str] | None = None) -> int:
     print("parse floor (orjson.loads of the hook body, fresh process, GC off): "
           + ", ".join(f"{n} {ms:.1f} ms" for n, ms in floors.items()))  # fmt: skip
     workdir = Path(tempfile.mkdtemp(prefix="cds-portfolio-bench-"))
+    try:
+        for series in args.series.split(","):
+            only = None if series == "all" else series
+            title = "the packaged trials, then copies" if only is None else f"copies of {only}"
+            print(f"\n{title}:")
+            run_series(args, sizes, workdir, only, raw, bodies, floors, DEFAULT_MAPPINGS)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def run_series(
+    args: argparse.Namespace,
+    sizes: list[int],
+    workdir: Path,
+    only: str | None,
+    raw: dict[str, bytes],
+    bodies: dict[str, bytes],
+    floors: dict[str, float],
+    source: Path,
+) -> None:
     base: dict[str, float] = {}
     hook_base: dict[str, float] = {}
     print("\n| trials | patient | in-process ms | × 1 trial | hook ms | × 1 trial | hook / parse floor |")
     print("|---:|---|---:|---:|---:|---:|---:|")
-    try:
-        for size in sizes:
-            mappings = copies_dir(size, workdir, DEFAULT_MAPPINGS)
-            inproc = {name: in_process(mappings, data, args.repeat) for name, data in raw.items()}
-            hooks = {} if args.skip_hook else hook_latency(mappings, bodies, args.calls, workdir)
-            for name in raw:
-                base.setdefault(name, inproc[name])
-                ratio = inproc[name] / base[name]
-                hook_ms = hooks.get(name)
-                if hook_ms is not None:
-                    hook_base.setdefault(name, hook_ms)
-                hook_text = (
-                    f"{hook_ms:.1f} | {hook_ms / hook_base[name]:.2f} | {hook_ms / floors[name]:.2f}"
-                    if hook_ms
-                    else "— | — | —"
-                )
-                print(f"| {size} | {name} | {inproc[name]:.2f} | {ratio:.2f} | {hook_text} |", flush=True)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return 0
+    for size in sizes:
+        mappings = copies_dir(size, workdir, source, only)
+        inproc = {name: in_process(mappings, data, args.repeat) for name, data in raw.items()}
+        hooks = {} if args.skip_hook else hook_latency(mappings, bodies, args.calls, workdir)
+        for name in raw:
+            base.setdefault(name, inproc[name])
+            ratio = inproc[name] / base[name]
+            hook_ms = hooks.get(name)
+            if hook_ms is not None:
+                hook_base.setdefault(name, hook_ms)
+            hook_text = (
+                f"{hook_ms:.1f} | {hook_ms / hook_base[name]:.2f} | {hook_ms / floors[name]:.2f}"
+                if hook_ms
+                else "— | — | —"
+            )
+            print(f"| {size} | {name} | {inproc[name]:.2f} | {ratio:.2f} | {hook_text} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -98,11 +98,7 @@ def is_deceased(ctx: Context) -> bool:
 
 
 def evaluate_criterion(criterion: Criterion, ctx: Context) -> CriterionResult:
-    rule_key = ctx.catalog.key(criterion.rule) if criterion.rule is not None else ""
-    hint_key = ctx.catalog.key(criterion.hint) if criterion.hint is not None else ""
-    key = (
-        f"criterion|{criterion.id}|{criterion.kind}|{criterion.manual}|{criterion.note}|{rule_key}|{hint_key}"
-    )
+    key = ctx.catalog.key(criterion)  # equal criteria (a copied trial's) share one evaluation
     cached = ctx.memo.get(key)
     if cached is not None:
         return cached  # type: ignore[no-any-return]

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from cds_service.engine.model import Trial, ValueSet, from_fhir_valueset
+from cds_service.engine.model import Criterion, Trial, ValueSet, from_fhir_valueset
 from cds_service.engine.model.rules import RuleModel
 from cds_service.engine.valuesets import CodeIndex, CompiledValueSet, build_index, compile_valuesets
 from cds_service.errors import MappingError
@@ -55,7 +55,7 @@ class Catalog:
     index: CodeIndex
     rule_keys: Mapping[int, str]  # id(rule) → its canonical form: equal rules share one evaluation
 
-    def key(self, rule: RuleModel) -> str:
+    def key(self, rule: RuleModel | Criterion) -> str:
         return self.rule_keys[id(rule)]
 
     def __getstate__(self) -> dict[str, Any]:
@@ -209,12 +209,21 @@ def _load_trials(root: Path, valuesets: Mapping[str, ValueSet]) -> dict[str, Tri
 
 
 def _rule_keys(trials: Mapping[str, Trial]) -> dict[int, str]:
-    """Each rule object → its canonical JSON; equal rules anywhere in the catalog share a key."""
+    """Each rule object → its canonical JSON, and each criterion → the key of what decides its
+    result; equal rules (and equal criteria) anywhere in the catalog share one key object, so the
+    per-patient memo compares them by identity instead of by their (long) text."""
     keys: dict[int, str] = {}
+    shared: dict[str, str] = {}
     for trial in trials.values():
         for criterion in trial.criteria:
             for rule in criterion.rules():
-                keys[id(rule)] = rule.model_dump_json(by_alias=True)
+                text = rule.model_dump_json(by_alias=True)
+                keys[id(rule)] = shared.setdefault(text, text)
+            rule_key = keys[id(criterion.rule)] if criterion.rule is not None else ""
+            hint_key = keys[id(criterion.hint)] if criterion.hint is not None else ""
+            what = (criterion.id, criterion.short_label(), criterion.kind, str(criterion.manual))
+            text = "|".join(["criterion", *what, str(criterion.note), rule_key, hint_key])
+            keys[id(criterion)] = shared.setdefault(text, text)
     return keys
 
 

@@ -92,3 +92,27 @@ def test_units_parse_in_threads_at_once() -> None:
         with ThreadPoolExecutor(max_workers=8) as pool:
             parsed = list(pool.map(units.parse_unit, wanted))
         assert len(parsed) == len(wanted)
+
+
+def test_equal_criteria_are_shared_but_a_relabelled_one_keeps_its_own_label(tmp_path: Path) -> None:
+    """A copied trial's criteria share one evaluation (one key object); a criterion with the same
+    id and rule but its own label is evaluated apart, so its report shows its own words."""
+    (tmp_path / "trials").mkdir()
+    (tmp_path / "valuesets").symlink_to(DEFAULT_MAPPINGS / "valuesets")
+    source = DEFAULT_MAPPINGS / "trials" / "NCT06888960.yaml"
+    data = yaml.safe_load(source.read_text(encoding="utf-8"))
+    for new_id, label in (("COPY-A", None), ("COPY-B", "Adult (relabelled)")):
+        copy = dict(data, trial=new_id, criteria=[dict(c) for c in data["criteria"]])
+        if label:
+            copy["criteria"][0]["label"] = label
+        (tmp_path / "trials" / f"{new_id}.yaml").write_text(yaml.safe_dump(copy, allow_unicode=True))
+    catalog = load_catalog(tmp_path)
+    first_a, first_b = catalog.trial("COPY-A").criteria[0], catalog.trial("COPY-B").criteria[0]
+    second_a, second_b = catalog.trial("COPY-A").criteria[1], catalog.trial("COPY-B").criteria[1]
+    assert catalog.key(second_a) is catalog.key(second_b)
+    assert catalog.key(first_a) != catalog.key(first_b)
+    [loaded] = [c for c in load_vectors(DEFAULT_MAPPINGS) if c.trial == "NCT06888960"][:1]
+    record = build_record(loaded.case.parts())
+    report = evaluate(catalog, record, as_of=date.fromisoformat(loaded.case.as_of))
+    labels = {t.trial: t.criteria[0].label for t in report.trials}
+    assert labels == {"COPY-A": first_a.short_label(), "COPY-B": "Adult (relabelled)"}
