@@ -28,6 +28,10 @@ from .progress import Progress
 from .shards import MISSING_MEDICATION
 from .source import EXAMPLES_PER_REASON, Tally, read_chunk, shard_of
 
+# Spark's default (1g) runs out of heap in local mode on 10,000 patients × 11 trials: a shard's
+# reports (~70 kB a patient) are pickled in the JVM on their way to the driver. Set
+# spark.driver.memory (spark-defaults.conf, --conf) to change it.
+LOCAL_DRIVER_MEMORY = "4g"
 SPARK_HINT = 'the Spark engine needs pyspark and Java 17: pip install "cds-service[spark]"'
 
 
@@ -49,6 +53,8 @@ def spark_session(workers: int) -> tuple[Any, bool]:
         conf.setMaster(f"local[{workers}]")
         conf.set("spark.driver.host", "127.0.0.1").set("spark.driver.bindAddress", "127.0.0.1")
         conf.set("spark.ui.enabled", "false").set("spark.locality.wait", "0")
+        if not conf.contains("spark.driver.memory"):  # local mode: the driver is the executor too
+            conf.set("spark.driver.memory", LOCAL_DRIVER_MEMORY)
     conf.set("spark.ui.showConsoleProgress", "false")
     try:
         session = SparkSession.builder.config(conf=conf).getOrCreate()
@@ -118,7 +124,7 @@ def _run(sc: Any, plan: Plan, progress: Callable[[str, int, str], Progress]) -> 
     outcomes.count()  # every shard evaluated in parallel; then streamed to the driver in order
     events.unpersist()
     bar = progress("screening", tally.resources.get("Patient", 0), "patients")
-    return _write(plan, outcomes.toLocalIterator(prefetchPartitions=True), bar, tally)
+    return _write(plan, outcomes.toLocalIterator(prefetchPartitions=False), bar, tally)
 
 
 def _join_medications(events: Any, tally: Tally, partitions: int) -> Any:
