@@ -63,7 +63,13 @@ class InvalidInput(CdsServiceError):
 
 
 class InvalidResource(InvalidInput):
-    """A single resource that is not valid FHIR R4."""
+    """A single resource that is not valid FHIR R4: ``reference`` (Type/id) and the first bad
+    ``field`` (never its value), for a reason a clinician can act on."""
+
+    def __init__(self, message: str, *, reference: str = "", field: str = "") -> None:
+        super().__init__(message)
+        self.reference = reference
+        self.field = field
 
 
 class ForeignData(InvalidInput):

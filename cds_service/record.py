@@ -77,6 +77,7 @@ class PatientRecord:
     by_url: dict[str, Resource] = field(default_factory=dict)
     by_value_code: dict[tuple[str, str], list[Resource]] = field(default_factory=dict)
     _validated: set[int] = field(default_factory=set, repr=False)
+    _invalid: dict[int, InvalidResource] = field(default_factory=dict, repr=False)
     _coded: dict[str, list[tuple[Resource, Codes]]] = field(default_factory=dict, repr=False)
     _medication_codes: dict[int, Codes] = field(default_factory=dict, repr=False)
 
@@ -141,7 +142,14 @@ class PatientRecord:
         key = id(resource)
         if key in self._validated:
             return
-        validate_resource(resource)
+        known = self._invalid.get(key)
+        if known is not None:
+            raise known
+        try:
+            validate_resource(resource)
+        except InvalidResource as exc:
+            self._invalid[key] = exc  # several criteria may rest on it: validated once
+            raise
         self._validated.add(key)
 
     def all_resources(self) -> Iterator[Resource]:
@@ -160,10 +168,16 @@ def validate_resource(resource: Resource) -> None:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(resource)"
         raise InvalidResource(
-            f"{reference_of(resource)} is not valid FHIR R4: {where}: {first['msg']}"
+            f"{reference_of(resource)} is not valid FHIR R4: {where}: {first['msg']}",
+            reference=reference_of(resource),
+            field=where,
         ) from None
     except KeyError:
-        raise InvalidResource(f"{reference_of(resource)}: unknown resourceType for FHIR R4") from None
+        raise InvalidResource(
+            f"{reference_of(resource)}: unknown resourceType for FHIR R4",
+            reference=reference_of(resource),
+            field="resourceType",
+        ) from None
 
 
 def parse_json(data: bytes) -> Any:

@@ -12,6 +12,7 @@ the same building blocks cost little more than one.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, tzinfo
@@ -30,9 +31,11 @@ from cds_service.engine.report import (
     TrialResult,
 )
 from cds_service.engine.time import day_range
+from cds_service.errors import InvalidResource
 from cds_service.record import PatientRecord
 
 MANUAL_REASON = "requires clinician review"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +110,28 @@ def evaluate_criterion(criterion: Criterion, ctx: Context) -> CriterionResult:
     return result
 
 
+def _with_valid_evidence(outcome: Outcome, ctx: Context) -> Outcome:
+    """What a clinician is shown as proof must be valid FHIR R4. When an entry that decided is not,
+    the criterion is not decided by it: ``unknown``, naming the entry and its first bad field, so
+    a malformed record moves a patient toward review, never toward eligible, and the rest of the
+    report (and every other trial's card) still stands."""
+    for item in outcome.evidence:
+        resource = ctx.record.by_url.get(item.reference)
+        if resource is None:
+            continue
+        try:
+            ctx.record.validate(resource)
+        except InvalidResource as exc:
+            log.warning("evidence not valid FHIR R4 (%s.%s): criterion left unknown", _type(exc), exc.field)
+            reason = f"not decided: the {_type(exc)} it rests on is not valid FHIR R4 ({exc.field})"
+            return Outcome("unknown", f"{reason}; check it in the chart")
+    return outcome
+
+
+def _type(exc: InvalidResource) -> str:
+    return exc.reference.split("/", 1)[0]
+
+
 def _evaluate_criterion(criterion: Criterion, ctx: Context) -> CriterionResult:
     outcome = Outcome("unknown", MANUAL_REASON)
     if criterion.hint is not None:  # shown to the reviewer, never deciding
@@ -118,10 +143,7 @@ def _evaluate_criterion(criterion: Criterion, ctx: Context) -> CriterionResult:
         if criterion.manual and outcome.result != "met":
             detail = f" ({outcome.reason})" if outcome.result != "unknown" else ""
             outcome = Outcome("unknown", f"{MANUAL_REASON}{detail}", ())
-    for item in outcome.evidence:  # what a clinician is shown as proof must be valid FHIR R4
-        resource = ctx.record.by_url.get(item.reference)
-        if resource is not None:
-            ctx.record.validate(resource)
+    outcome = _with_valid_evidence(outcome, ctx)
     reason = f"{outcome.reason}; {criterion.note}" if criterion.note else outcome.reason
     return CriterionResult(
         id=criterion.id,

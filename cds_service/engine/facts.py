@@ -57,7 +57,11 @@ def status_counts(resource: Resource) -> bool:
     resource_type = resource.get("resourceType")
     status = resource.get("status")
     if status is not None and not isinstance(status, str):
-        raise InvalidResource(f"{reference_of(resource)} is not valid FHIR R4: status: not a code")
+        raise InvalidResource(
+            f"{reference_of(resource)} is not valid FHIR R4: status: not a code",
+            reference=reference_of(resource),
+            field="status",
+        )
     if resource_type == "Observation":
         return status in OBSERVATION_COUNTS
     if resource_type in ("Condition", "AllergyIntolerance"):

@@ -167,6 +167,22 @@ def test_not_eligible_cards_shown_when_configured(tmp_path: Path) -> None:
     assert "sle-diagnosis" not in card["summary"]  # a clinician's words, never an internal id
 
 
+def test_an_invalid_deciding_entry_gives_a_review_card_not_a_400(client: TestClient) -> None:
+    """One malformed Observation in the prefetch must not void the chart's cards (it answered 400,
+    blaming the EHR, and the clinician saw nothing): the criterion it decided is left to review."""
+    resources = status_case("likely eligible")
+    observation = next(r for r in resources if r["resourceType"] == "Observation")
+    observation["meta"] = {"lastUpdated": "yesterday"}  # not an instant: not valid FHIR R4
+    response = client.post(SERVICE, json=hook_request(bundle_of(resources), client))
+    assert response.status_code == 200, response.text
+    (card,) = trial_cards(response.json()["cards"])
+    assert card["summary"].startswith("Needs review: CC312 in SLE (NCT06888960)")
+    report = card["extension"]["org.cds-service.trial-eligibility"]
+    assert report["status"] == "needs-review"
+    assert "Observation it rests on is not valid FHIR R4" in card["detail"]
+    assert observation["id"] not in card["detail"]
+
+
 def test_null_prefetch_means_no_data_and_is_not_refetched(client: TestClient) -> None:
     """Every key null (and no fhirServer): evaluated on nothing, not a 412."""
     body = hook_request(LIZ, client)
