@@ -22,7 +22,6 @@ from cds_service.codes import SYSTEM_LABELS
 from cds_service.engine.report import Evidence
 from cds_service.engine.time import DayRange, day_range, instant
 from cds_service.engine.valuesets import CompiledValueSet
-from cds_service.errors import InvalidResource
 from cds_service.record import Resource, codings, reference_of
 
 Kind = Literal["found", "against", "undetermined", "absent"]
@@ -57,11 +56,9 @@ def status_counts(resource: Resource) -> bool:
     resource_type = resource.get("resourceType")
     status = resource.get("status")
     if status is not None and not isinstance(status, str):
-        raise InvalidResource(
-            f"{reference_of(resource)} is not valid FHIR R4: status: not a code",
-            reference=reference_of(resource),
-            field="status",
-        )
+        # Not valid FHIR: it cannot be said not to count. Counted, so that if it decides, the
+        # evidence check (evaluate) finds it invalid and leaves the criterion unknown.
+        return True
     if resource_type == "Observation":
         return status in OBSERVATION_COUNTS
     if resource_type in ("Condition", "AllergyIntolerance"):

@@ -109,3 +109,32 @@ def test_an_invalid_patient_is_still_refused() -> None:
     patient = next(r for r in likely[2] if r.get("resourceType") == "Patient")
     with pytest.raises(InvalidResource, match=r"Patient/.* is not valid FHIR R4: meta\.lastUpdated"):
         build_record(_broken(likely[2], f"Patient/{patient['id']}"))
+
+
+SHAPES: dict[str, Any] = {
+    "status not a code": ("status", 3),
+    "value text in a Quantity": ("valueQuantity", {"value": "abc", "unit": "mg/dL"}),
+    "Quantity as a list": ("valueQuantity", [1]),
+    "date as a number": ("effectiveDateTime", 12345),
+    "coding not a list": ("code", {"coding": {"system": "x"}}),
+    "code as a string": ("code", "2160-0"),
+    "reference range as text": ("referenceRange", "0.5-1.2"),
+    "component not a list": ("component", {"a": 1}),
+    "interpretation as text": ("interpretation", "H"),
+}
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("resource_type", ["Observation", "Condition", "MedicationRequest"])
+def test_malformed_shapes_are_evaluated_and_never_read_as_likely_eligible(
+    shape: str, resource_type: str
+) -> None:
+    """What an EHR export really holds, one field at a time: the engine answers (no exception for the
+    hook to turn into a 400) and a likely-eligible patient is at best left to review."""
+    (likely,) = [c for c in CASES if c[0] == TRIAL and c[1].startswith("likely eligible")]
+    resources = copy.deepcopy(likely[2])
+    target = next(r for r in resources if r.get("resourceType") == resource_type)
+    name, value = SHAPES[shape]
+    target[name] = value
+    assert _report(likely[2], likely[3], TRIAL).trials[0].status == "likely-eligible"
+    assert _report(resources, likely[3], TRIAL).trials[0].status in ("needs-review", "not-eligible")
