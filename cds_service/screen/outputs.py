@@ -59,8 +59,13 @@ def csv_bytes(rows: Iterable[dict[str, Any]], *, header: bool = False) -> bytes:
     return buffer.getvalue().encode()
 
 
+ROW_GROUP = 8192  # Parquet rows buffered before a row group is written: memory per worker stays flat
+
+
 class PartWriter:
-    """One shard's part files, in ``parts/``: rows (CSV and, buffered, Parquet), reports, candidates."""
+    """One shard's part files, in ``parts/``: rows (CSV and Parquet, in row groups), reports,
+    candidates. Everything streams: a shard of many patients × many trials costs no more memory
+    than a small one."""
 
     def __init__(self, parts: Path, shard: int, *, parquet: bool) -> None:
         self.parts, self.shard, self.parquet = parts, shard, parquet
@@ -69,6 +74,7 @@ class PartWriter:
         self._reports = open(f"{stem}.reports.ndjson", "wb")  # noqa: SIM115
         self._cands = open(f"{stem}.cands.ndjson", "wb")  # noqa: SIM115
         self._rows: list[dict[str, Any]] = []
+        self._parquet: Any = None  # a pyarrow ParquetWriter, opened with the first row group
         self.patients = 0
         self.counts: dict[str, dict[str, int]] = {}
 
@@ -85,17 +91,25 @@ class PartWriter:
             self._cands.write(orjson.dumps(item) + b"\n")
         if self.parquet:
             self._rows.extend(outcome.rows)
+            if len(self._rows) >= ROW_GROUP:
+                self._flush_rows()
+
+    def _flush_rows(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self._parquet is None:
+            self._parquet = pq.ParquetWriter(self.parts / f"{self.shard:05d}.parquet", parquet_schema())
+        self._parquet.write_table(pa.Table.from_pylist(self._rows, schema=parquet_schema()))
+        self._rows.clear()
 
     def close(self) -> None:
         for handle in (self._csv, self._reports, self._cands):
             handle.close()
         if self.parquet:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
-            table = pa.Table.from_pylist(self._rows, schema=parquet_schema())
-            pq.write_table(table, self.parts / f"{self.shard:05d}.parquet")
-            self._rows.clear()
+            if self._rows or self._parquet is None:
+                self._flush_rows()  # the last rows (or an empty part, so every shard has one)
+            self._parquet.close()
 
 
 def parquet_schema() -> Any:

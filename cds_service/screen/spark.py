@@ -12,6 +12,7 @@ so both engines write identical files. Local mode (``local[N]``) unless ``spark.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sys
@@ -151,7 +152,8 @@ def _join_medications(events: Any, tally: Tally, partitions: int) -> Any:
 
 
 def _write(plan: Plan, stream: Iterator[tuple[int, Outcome]], bar: Progress, tally: Tally) -> EngineResult:
-    """Write the outcomes shard by shard with the local engine's writer."""
+    """Write the outcomes shard by shard with the local engine's writer, as they arrive (the stream
+    is in shard order): the driver holds one outcome at a time, not a shard's reports."""
     counts: dict[str, dict[str, int]] = {}
     patients = 0
     done = [0]
@@ -161,29 +163,11 @@ def _write(plan: Plan, stream: Iterator[tuple[int, Outcome]], bar: Progress, tal
         bar.update(done[0])
 
     written: list[int] = []
-    pending: tuple[int, list[Outcome]] | None = None
-    for shard, outcome in stream:
-        if pending is None or pending[0] != shard:
-            if pending is not None:
-                patients += _flush(plan, pending, tick, tally, counts)
-                written.append(pending[0])
-            pending = (shard, [])
-        pending[1].append(outcome)
-    if pending is not None:
-        patients += _flush(plan, pending, tick, tally, counts)
-        written.append(pending[0])
+    for shard, group in itertools.groupby(stream, key=lambda item: item[0]):
+        shard_tally, shard_counts, n = write_shard(plan, shard, (outcome for _, outcome in group), tick)
+        tally.merge(shard_tally)
+        merge_counts(counts, shard_counts)
+        patients += n
+        written.append(shard)
     bar.finish()
     return EngineResult(tally=tally, counts=counts, patients=patients, shards_written=written)
-
-
-def _flush(
-    plan: Plan,
-    pending: tuple[int, list[Outcome]],
-    tick: Callable[[], None],
-    tally: Tally,
-    counts: dict[str, dict[str, int]],
-) -> int:
-    shard_tally, shard_counts, n = write_shard(plan, pending[0], pending[1], tick)
-    tally.merge(shard_tally)
-    merge_counts(counts, shard_counts)
-    return n

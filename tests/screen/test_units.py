@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 
@@ -82,3 +83,31 @@ def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised() -> None:
     line = csv_bytes([row]).decode()
     assert line.startswith("'-1+2,T,needs-review,1,0,2,1,,")
     assert "'=HYPERLINK" in line and "'@SUM(A1)" in line
+
+
+def test_parquet_parts_stream_in_row_groups_and_an_empty_shard_still_has_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shard's Parquet rows are written every ROW_GROUP rows (memory per worker stays flat however
+    many patients × trials a shard holds), and read back whole and in order."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    from cds_service.screen import outputs
+    from cds_service.screen.patient import Outcome
+
+    monkeypatch.setattr(outputs, "ROW_GROUP", 4)
+    writer = outputs.PartWriter(tmp_path, 0, parquet=True)
+    for n in range(7):  # 7 patients × 2 trials = 14 rows: row groups of ≥ 4, the last one short
+        rows = tuple(
+            {c: (n if c in outputs.INTEGER_COLUMNS else f"{c}-{n}-{t}") for c in outputs.COLUMNS}
+            for t in ("A", "B")
+        )
+        writer.add(Outcome(f"p{n}", report=b"{}", rows=rows))
+        if n == 1:
+            assert writer._rows == [], "the first 4 rows are already on disk"
+    writer.close()
+    part = pq.ParquetFile(tmp_path / "00000.parquet")
+    assert part.metadata.num_rows == 14 and part.num_row_groups == 4
+    assert part.read().column("patient").to_pylist() == [f"patient-{n}-{t}" for n in range(7) for t in "AB"]
+    empty = outputs.PartWriter(tmp_path, 1, parquet=True)
+    empty.close()
+    assert pq.ParquetFile(tmp_path / "00001.parquet").metadata.num_rows == 0
