@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, tzinfo
 from typing import Literal
 
-from cds_service.codes import SYSTEM_LABELS
+from cds_service.codes import SYSTEM_LABELS, canonical_system, normalize
 from cds_service.engine.report import Evidence
 from cds_service.engine.time import DayRange, day_range, instant
 from cds_service.engine.valuesets import CompiledValueSet
@@ -76,10 +76,11 @@ def concept_label(concept: object, valueset: CompiledValueSet | None = None) -> 
     if chosen is None:
         return text if isinstance(text, str) else "uncoded entry"
     display = chosen.get("display") or text
+    system_uri = canonical_system(str(chosen.get("system")))  # an OID reads as the system it names
     if not display and valueset is not None:
-        key = (str(chosen.get("system")), str(chosen.get("code")))
+        key = normalize(system_uri, str(chosen.get("code")))  # how the value set keys its displays
         display = valueset.displays.get(key) or (valueset.title if matched else None)
-    system = SYSTEM_LABELS.get(str(chosen.get("system")), "code")
+    system = SYSTEM_LABELS.get(system_uri, "code")
     return f"{display or 'code'} ({system} {chosen.get('code')})"
 
 

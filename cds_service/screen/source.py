@@ -179,22 +179,17 @@ def _lines(f: SourceFile, chunk: Chunk) -> Iterator[bytes]:
 
 def patient_id(reference: object) -> str | None:
     """The Patient id a reference names, in any of its forms; None when it names no patient."""
-    ref = reference.get("reference") if isinstance(reference, dict) else None
-    if not isinstance(ref, str):
-        return None
-    if ref.startswith("urn:uuid:"):
-        tail = ref[9:]
-        return tail if FHIR_ID.fullmatch(tail) else None
-    parts = ref.split("?", 1)[0].split("/")
-    if len(parts) >= 4 and parts[-2] == "_history":
-        parts = parts[:-2]
-    if len(parts) >= 2 and parts[-2] == "Patient" and FHIR_ID.fullmatch(parts[-1]):
-        return parts[-1]
-    return None
+    return _target_id(reference, "Patient")
 
 
 def medication_id(reference: object) -> str | None:
     """The id of a Medication an order refers to outside itself (not ``#contained``)."""
+    return _target_id(reference, "Medication")
+
+
+def _target_id(reference: object, resource_type: str) -> str | None:
+    """The id of the ``resource_type`` a Reference names: ``Type/id``, an absolute or versioned
+    URL ending so, or ``urn:uuid:<id>``; None for anything else (a contained ``#id`` included)."""
     ref = reference.get("reference") if isinstance(reference, dict) else None
     if not isinstance(ref, str) or ref.startswith("#"):
         return None
@@ -204,7 +199,7 @@ def medication_id(reference: object) -> str | None:
     parts = ref.split("?", 1)[0].split("/")
     if len(parts) >= 4 and parts[-2] == "_history":
         parts = parts[:-2]
-    if len(parts) >= 2 and parts[-2] == "Medication" and FHIR_ID.fullmatch(parts[-1]):
+    if len(parts) >= 2 and parts[-2] == resource_type and FHIR_ID.fullmatch(parts[-1]):
         return parts[-1]
     return None
 

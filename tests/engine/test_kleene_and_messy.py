@@ -221,3 +221,12 @@ def test_an_instant_is_placed_on_the_site_calendar() -> None:
     late = _observation("2106-3", _coded(SNOMED, "10828004"), when="2026-05-03T23:30:00-04:00")
     assert outcome_of(rule, [late], tz="UTC") == "met"
     assert outcome_of(rule, [late], tz="America/New_York") == "unknown"
+
+
+def test_a_reason_names_a_system_sent_as_an_oid() -> None:
+    """Codes sent with an OID system are matched (``codes.normalize``); the reason line names the
+    system too, not "code"."""
+    from cds_service.engine.facts import concept_label
+
+    oid = {"coding": [{"system": "urn:oid:2.16.840.1.113883.6.96", "code": "55464009"}]}
+    assert concept_label(oid).endswith("(SNOMED 55464009)")

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import csv
-import os
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,8 +12,8 @@ import pytest
 
 from cds_service.screen.worklist import write_worklist
 from tests.screen.conftest import screen
+from tests.support.browser import chromium
 
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 HOSTILE = '<img src=x onerror="window.pwned=1">'
 
@@ -57,24 +55,10 @@ def test_every_value_is_escaped_and_nothing_is_external(tmp_path: Path) -> None:
     assert "Content-Security-Policy" in html and "default-src 'none'" in html
 
 
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason}; CI must run the browser test")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _unavailable("Playwright is not installed (pip install playwright; no 'playwright install')")
-    if not (Path(CHROMIUM).exists() or shutil.which("chromium")):
-        _unavailable(f"{CHROMIUM} is missing (apt-get install -y chromium)")
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
-        yield chromium
-        chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 def _column(page: Any, index: int) -> list[str]:

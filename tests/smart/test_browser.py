@@ -10,8 +10,6 @@ Skips locally when chromium or Playwright is missing; fails instead when CI is s
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,10 +23,10 @@ from cds_service.settings import Settings
 from tests.fhir_fixtures import FHIR_TEST_TOKEN
 from tests.smart.conftest import CLIENT_ID
 from tests.smart.patients import TRIAL, VectorPatient
+from tests.support.browser import chromium
 from tests.support.fhir_server import FhirServer
 from tests.support.smart_auth_server import ServerThread, SmartAuthServer
 
-CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -47,24 +45,10 @@ EXPECTED = {
 }
 
 
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason}; CI must run the browser test")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _unavailable("Playwright is not installed (pip install playwright; no 'playwright install')")
-    if not (Path(CHROMIUM).exists() or shutil.which("chromium")):
-        _unavailable(f"{CHROMIUM} is missing (apt-get install -y chromium)")
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield chromium
-        chromium.close()
+    with chromium(CHROMIUM_ARGS) as launched:
+        yield launched
 
 
 @pytest.fixture(scope="module")
